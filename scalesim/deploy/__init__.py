@@ -1,0 +1,1 @@
+"""Deploying a stage: on this machine (`local`), or as files for real engines (compose, Kubernetes)."""

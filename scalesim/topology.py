@@ -1,0 +1,377 @@
+"""The stage spec: what runs, how much CPU it gets, how the app behaves, and how it is loaded.
+
+A scenario file (``scenarios/stage3.yaml``) describes one stage of the scaling guide. It is loaded
+into a frozen `Scenario`, which every other part reads: the local deployment starts its nodes, the
+load generator takes its workload and load steps, the capacity model takes its topology.
+
+A file may say ``extends: stage2`` (a stage name or a path relative to the file): it is then read as
+a set of changes on top of that scenario, merged key by key. That keeps each stage file to what the
+stage changes and lets a user write ``extends: stage3`` plus ``nodes: {app: {count: 6}}``.
+
+Validation happens here, once, and every problem is reported as a `ScenarioError` whose one line
+names the file, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scalesim.errors import ScenarioError
+
+#: Where the bundled stage files live (the repository's top-level ``scenarios/``).
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+NODE_ROLES = ("app", "balancer", "keyvalue", "primary", "replicas", "workers")
+WORKLOAD_TASKS = ("browse_catalog", "view_book", "profile", "my_rentals", "charges", "rent_and_return")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSpec:
+    """How many processes of one role run, and the CPU budget (in cores) of each; None: no limit."""
+
+    count: int
+    cpu: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nodes:
+    app: NodeSpec
+    balancer: NodeSpec
+    keyvalue: NodeSpec
+    primary: NodeSpec
+    replicas: NodeSpec
+    workers: NodeSpec
+
+    def role(self, name: str) -> NodeSpec:
+        spec: NodeSpec = getattr(self, name)
+        return spec
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppBehaviour:
+    """The app's switches for this stage (see docs/CONTRACTS.md for their meaning)."""
+
+    sessions: str = "memory"
+    joins: str = "sql"
+    query_cache: bool = False
+    object_cache: bool = False
+    reads: str = "primary"
+    charges: str = "computed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    users: int = 1000
+    authors: int = 400
+    books: int = 2000
+    rentals_per_user: int = 20
+    seed: int = 42
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    think_time_min: float = 0.5
+    think_time_max: float = 1.5
+    mix: Mapping[str, float] = field(default_factory=dict)
+    objective_p95_ms: float = 250.0
+
+    @property
+    def think_time_mean(self) -> float:
+        return (self.think_time_min + self.think_time_max) / 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadProfile:
+    """Users step up through `steps`; each step warms up, then is measured for `step_seconds`."""
+
+    steps: tuple[int, ...]
+    step_seconds: float
+    warmup_seconds: float
+    spawn_rate: float = 50.0
+
+    @property
+    def expected_seconds(self) -> float:
+        return sum(self.warmup_seconds + self.step_seconds + users / self.spawn_rate for users in self.steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    title: str
+    description: str
+    source: Path
+    nodes: Nodes
+    app: AppBehaviour
+    data: DataSpec
+    workload: Workload
+    load: LoadProfile
+    quick: LoadProfile
+
+    def with_overrides(self, *, app_servers: int | None = None, replicas: int | None = None) -> Scenario:
+        """The same scenario with other node counts (the command line's --app-servers/--replicas)."""
+        nodes = self.nodes
+        if app_servers is not None:
+            if app_servers < 1:
+                raise ScenarioError(f"--app-servers must be at least 1, got {app_servers}")
+            if app_servers > 1 and nodes.balancer.count == 0:
+                raise ScenarioError(
+                    f"{self.name}: {app_servers} app servers need a balancer, which this stage has not "
+                    "(use stage1 or later)"
+                )
+            nodes = dataclasses.replace(nodes, app=dataclasses.replace(nodes.app, count=app_servers))
+        if replicas is not None:
+            if replicas < 0:
+                raise ScenarioError(f"--replicas must be 0 or more, got {replicas}")
+            if replicas == 0 and self.app.reads == "replicas":
+                raise ScenarioError(f"{self.name}: reads go to replicas, so --replicas must be at least 1")
+            nodes = dataclasses.replace(nodes, replicas=dataclasses.replace(nodes.replicas, count=replicas))
+        return dataclasses.replace(self, nodes=nodes)
+
+    def profile(self, *, quick: bool) -> LoadProfile:
+        return self.quick if quick else self.load
+
+
+def bundled_stages() -> list[str]:
+    return sorted(path.stem for path in SCENARIO_DIR.glob("stage*.yaml"))
+
+
+def resolve(name_or_path: str | Path, *, relative_to: Path | None = None) -> Path:
+    """A stage name (``stage3``) or a path to a scenario file, as a path that exists."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        if not path.is_file():
+            raise ScenarioError(f"{text}: no such scenario file")
+        return path
+    path = SCENARIO_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(bundled_stages())
+        raise ScenarioError(f"unknown stage {text!r}: choose one of {known}, or give a scenario file")
+    return path
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """Read, merge (``extends``) and validate one scenario."""
+    path = resolve(name_or_path)
+    raw = _read_merged(path, seen=())
+    return _Validator(path).scenario(raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _read_merged(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ScenarioError(f"{path}: 'extends' makes a cycle")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ScenarioError(f"{path}: field 'extends' must be a stage name or a file path")
+    base = _read_merged(resolve(parent, relative_to=path.parent), seen=(*seen, path.resolve()))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Validator:
+    """Turns the merged mapping into typed objects, naming file and field in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, field_name: str, problem: str) -> ScenarioError:
+        return ScenarioError(f"{self.path}: field '{field_name}' {problem}")
+
+    def section(self, raw: Mapping[str, Any], key: str, *, required: bool = True) -> Mapping[str, Any]:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "is missing")
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+    def known_keys(self, raw: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+        for key in raw:
+            if key not in allowed:
+                name = f"{where}.{key}" if where else str(key)
+                raise self.fail(name, f"is not a known field (known: {', '.join(allowed)})")
+
+    def number(self, raw: Mapping[str, Any], key: str, where: str, *, default: Any = None,
+               integer: bool = False, minimum: float | None = 0, allow_none: bool = False) -> Any:
+        name = f"{where}.{key}"
+        value = raw.get(key, default)
+        if value is None:
+            if allow_none:
+                return None
+            raise self.fail(name, "is missing")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(name, f"must be a number, got {value!r}")
+        if integer and not float(value).is_integer():
+            raise self.fail(name, f"must be a whole number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"must be at least {minimum}, got {value!r}")
+        return int(value) if integer else float(value)
+
+    def choice(self, raw: Mapping[str, Any], key: str, where: str, options: tuple[Any, ...], default: Any) -> Any:
+        value = raw.get(key, default)
+        if value not in options or (isinstance(value, bool) and not all(isinstance(o, bool) for o in options)):
+            shown = ", ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in options)
+            raise self.fail(f"{where}.{key}", f"must be one of {shown}, got {value!r}")
+        return value
+
+    def scenario(self, raw: Mapping[str, Any]) -> Scenario:
+        self.known_keys(raw, "", ("name", "title", "description", "nodes", "app", "data", "workload",
+                                  "load", "quick"))
+        name = raw.get("name", self.path.stem)
+        if not isinstance(name, str) or not name.strip():
+            raise self.fail("name", "must be a non-empty string")
+        load = self.load_profile(self.section(raw, "load"), "load")
+        quick_raw = raw.get("quick")
+        quick = self.load_profile(self.section(raw, "quick"), "quick") if quick_raw is not None else load
+        scenario = Scenario(
+            name=name,
+            title=str(raw.get("title", name)),
+            description=str(raw.get("description", "")),
+            source=self.path,
+            nodes=self.nodes(self.section(raw, "nodes")),
+            app=self.app(self.section(raw, "app", required=False)),
+            data=self.data(self.section(raw, "data", required=False)),
+            workload=self.workload(self.section(raw, "workload", required=False)),
+            load=load,
+            quick=quick,
+        )
+        self.consistency(scenario)
+        return scenario
+
+    def nodes(self, raw: Mapping[str, Any]) -> Nodes:
+        self.known_keys(raw, "nodes", NODE_ROLES)
+        specs: dict[str, NodeSpec] = {}
+        for role in NODE_ROLES:
+            where = f"nodes.{role}"
+            entry = raw.get(role)
+            if entry is None:
+                specs[role] = NodeSpec(count=0)
+                continue
+            if not isinstance(entry, Mapping):
+                raise self.fail(where, "must be a mapping like {count: 1, cpu: 0.25}")
+            self.known_keys(entry, where, ("count", "cpu"))
+            default_count = 1 if role == "primary" else 0
+            count = self.number(entry, "count", where, default=default_count, integer=True)
+            cpu = self.number(entry, "cpu", where, allow_none=True, minimum=0.01)
+            specs[role] = NodeSpec(count=count, cpu=cpu)
+        if specs["app"].count < 1:
+            raise self.fail("nodes.app.count", "must be at least 1")
+        if specs["primary"].count != 1:
+            raise self.fail("nodes.primary.count", "must be 1 (one primary; add replicas for reads)")
+        for role in ("balancer", "keyvalue"):
+            if specs[role].count > 1:
+                raise self.fail(f"nodes.{role}.count", "must be 0 or 1")
+        return Nodes(**specs)
+
+    def app(self, raw: Mapping[str, Any]) -> AppBehaviour:
+        self.known_keys(raw, "app", tuple(f.name for f in dataclasses.fields(AppBehaviour)))
+        return AppBehaviour(
+            sessions=self.choice(raw, "sessions", "app", ("memory", "keyvalue"), "memory"),
+            joins=self.choice(raw, "joins", "app", ("sql", "app"), "sql"),
+            query_cache=self.choice(raw, "query_cache", "app", (False, True), False),
+            object_cache=self.choice(raw, "object_cache", "app", (False, True), False),
+            reads=self.choice(raw, "reads", "app", ("primary", "replicas"), "primary"),
+            charges=self.choice(raw, "charges", "app", ("computed", "precomputed"), "computed"),
+        )
+
+    def data(self, raw: Mapping[str, Any]) -> DataSpec:
+        self.known_keys(raw, "data", tuple(f.name for f in dataclasses.fields(DataSpec)))
+        defaults = DataSpec()
+        values = {
+            key: self.number(raw, key, "data", default=getattr(defaults, key), integer=True,
+                             minimum=0 if key in ("rentals_per_user", "seed") else 1)
+            for key in ("users", "authors", "books", "rentals_per_user", "seed")
+        }
+        return DataSpec(**values)
+
+    def workload(self, raw: Mapping[str, Any]) -> Workload:
+        self.known_keys(raw, "workload", ("think_time", "mix", "objective_p95_ms"))
+        think = raw.get("think_time", {"min": 0.5, "max": 1.5})
+        if isinstance(think, int | float) and not isinstance(think, bool):
+            think = {"min": think, "max": think}
+        if not isinstance(think, Mapping):
+            raise self.fail("workload.think_time", "must be seconds or a mapping {min, max}")
+        self.known_keys(think, "workload.think_time", ("min", "max"))
+        low = self.number(think, "min", "workload.think_time")
+        high = self.number(think, "max", "workload.think_time")
+        if high < low:
+            raise self.fail("workload.think_time.max", f"must not be below min ({low}), got {high}")
+        mix_raw = raw.get("mix") or {name: 1 for name in WORKLOAD_TASKS}
+        if not isinstance(mix_raw, Mapping):
+            raise self.fail("workload.mix", "must map task names to weights")
+        self.known_keys(mix_raw, "workload.mix", WORKLOAD_TASKS)
+        mix = {task: self.number(mix_raw, task, "workload.mix") for task in mix_raw}
+        if sum(mix.values()) <= 0:
+            raise self.fail("workload.mix", "needs at least one task with a positive weight")
+        objective = self.number(raw, "objective_p95_ms", "workload", default=250.0, minimum=1)
+        return Workload(think_time_min=low, think_time_max=high, mix=mix, objective_p95_ms=objective)
+
+    def load_profile(self, raw: Mapping[str, Any], where: str) -> LoadProfile:
+        self.known_keys(raw, where, ("steps", "step_seconds", "warmup_seconds", "spawn_rate"))
+        steps = raw.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise self.fail(f"{where}.steps", "must be a non-empty list of user counts")
+        for users in steps:
+            if isinstance(users, bool) or not isinstance(users, int) or users < 1:
+                raise self.fail(f"{where}.steps", f"must hold positive whole numbers, got {users!r}")
+        return LoadProfile(
+            steps=tuple(steps),
+            step_seconds=self.number(raw, "step_seconds", where, minimum=1),
+            warmup_seconds=self.number(raw, "warmup_seconds", where, default=0.0),
+            spawn_rate=self.number(raw, "spawn_rate", where, default=50.0, minimum=0.1),
+        )
+
+    def consistency(self, scenario: Scenario) -> None:
+        nodes, app = scenario.nodes, scenario.app
+        if nodes.app.count > 1 and nodes.balancer.count == 0:
+            raise self.fail("nodes.balancer", f"is needed in front of {nodes.app.count} app servers")
+        if nodes.app.count > 1 and app.sessions == "memory":
+            raise self.fail("app.sessions", "must be keyvalue when several app servers share users")
+        needs_keyvalue = [flag for flag, on in (("sessions: keyvalue", app.sessions == "keyvalue"),
+                                                 ("query_cache", app.query_cache),
+                                                 ("object_cache", app.object_cache),
+                                                 ("charges: precomputed", app.charges == "precomputed"))
+                          if on]
+        if needs_keyvalue and nodes.keyvalue.count == 0:
+            raise self.fail("nodes.keyvalue", f"is needed by app.{needs_keyvalue[0]}")
+        if (app.object_cache or app.charges == "precomputed") and nodes.workers.count == 0:
+            raise self.fail("nodes.workers", "is needed by object_cache / precomputed charges")
+        if app.reads == "replicas" and nodes.replicas.count == 0:
+            raise self.fail("nodes.replicas.count", "must be at least 1 when app.reads is replicas")
