@@ -110,23 +110,85 @@ def run(stage: str, components: str, app_servers: int | None, replicas: int | No
         runs_dir: Path, quick: bool, quiet: bool) -> None:
     """Bring STAGE up on real servers, load it with Locust, measure, report, tear down.
 
-    STAGE is a stage name (stage0..stage5) or the path of a scenario file.
+    STAGE is a stage name (stage0..stage5), a scenario file, or `all` (every stage in turn, then a
+    comparison report).
     """
+    from scalesim.report.build import comparison_report
+    from scalesim.topology import bundled_stages
+
+    settings = _settings(components, no_budgets)
+    if stage != "all":
+        _run_one(stage, app_servers=app_servers, replicas=replicas, settings=settings, runs_dir=runs_dir,
+                 quick=quick, quiet=quiet)
+        return
+    from scalesim.deploy.local import new_run_id
+
+    group_dir = runs_dir / new_run_id("all")
+    group_dir.mkdir(parents=True)
+    runs = [_run_one(name, app_servers=app_servers, replicas=replicas, settings=settings, runs_dir=group_dir,
+                     quick=quick, quiet=quiet) for name in bundled_stages()]
+    html, markdown = comparison_report(runs, group_dir)
+    click.echo(f"comparison: {html}  {markdown}")
+
+
+def _run_one(stage: str, *, app_servers: int | None, replicas: int | None, settings: Any, runs_dir: Path,
+             quick: bool, quiet: bool) -> dict[str, Any]:
+    from scalesim.report.build import run_report
     from scalesim.report.console import LiveProgress, summary_table
     from scalesim.runner import Run
 
     scenario = _scenario(stage, app_servers, replicas)
-    settings = _settings(components, no_budgets)
     run_dir = _new_run_dir(runs_dir, scenario.name)
     progress = _progress(quiet)
     live = LiveProgress(scenario=scenario.name, quiet=quiet)
-    progress(f"run {run_dir}")
+    progress(f"run folder {run_dir}")
     the_run = Run(scenario=scenario, run_dir=run_dir, quick=quick, settings=settings, progress=progress,
                   on_load_event=live.handle)
-    results = the_run.execute()
-    live.close()
+    try:
+        results = the_run.execute()
+    finally:
+        live.close()
+    html, _ = run_report(results, run_dir)
     click.echo(summary_table(results))
-    click.echo(f"results: {run_dir / 'results.json'}")
+    click.echo(f"results: {run_dir / 'results.json'}\nreport:  {html}")
+    return results
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@friendly_errors
+def report(run_dir: Path) -> None:
+    """Write (again) the report of a finished run from its results.json."""
+    from scalesim.report.build import run_report
+    from scalesim.results import load_results
+
+    results = load_results(run_dir)
+    folder = Path(results["_path"]).parent
+    html, markdown = run_report(results, folder)
+    click.echo(f"report: {html}  {markdown}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the comparison report (default: runs/compare-<time>).")
+@runs_dir_option
+@friendly_errors
+def compare(run_dirs: tuple[Path, ...], output: Path | None, runs_dir: Path) -> None:
+    """Compare finished runs (e.g. stage0 .. stage5) side by side, the first as the baseline."""
+    from scalesim.report.build import comparison_report
+    from scalesim.results import load_results
+
+    runs = [load_results(path) for path in run_dirs]
+    out_dir = output or runs_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    html, markdown = comparison_report(runs, out_dir)
+    base = runs[0]["summary"]["max_rps_within_objective"]
+    for run_results in runs:
+        value = run_results["summary"]["max_rps_within_objective"]
+        ratio = f"{value / base:5.2f}x" if base else "    -"
+        click.echo(f"{run_results['scenario']['name']:<10} {value:8.1f} req/s within objective  {ratio}  "
+                   f"bottleneck {run_results['summary'].get('bottleneck_at_max') or '-'}")
+    click.echo(f"report: {html}  {markdown}")
 
 
 @main.command()
