@@ -275,6 +275,55 @@ def down(runs_dir: Path) -> None:
     click.echo(f"stopped {len(stopped)} node(s): {', '.join(stopped) or 'none were running'}")
 
 
+@main.command()
+@click.option("--stages", default="stage0,stage1", show_default=True, help="Comma-separated stages to run.")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A bench.json to compare with; regressions exit non-zero.")
+@click.option("--tolerance", default="10%", show_default=True, help="Allowed worsening per figure.")
+@click.option("--write-baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write this run's figures as a new baseline file.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True, help="Folder for bench.json, the runs and their reports.")
+@click.option("--components", type=click.Choice(["embedded", "system"]), default="embedded", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@friendly_errors
+def bench(stages: str, baseline: Path | None, tolerance: str, write_baseline: Path | None, output: Path,
+          components: str, quiet: bool) -> None:
+    """The CI benchmark: a fixed short profile per stage, figures, and a regression check."""
+    from scalesim.benchjob import bench_document, load_bench, parse_tolerance, regressions
+    from scalesim.report.build import comparison_report
+    from scalesim.topology import load_scenario
+
+    allowed = parse_tolerance(tolerance)
+    names = [name.strip() for name in stages.split(",") if name.strip()]
+    for name in names:
+        load_scenario(name)  # refuse a bad stage before anything starts
+    base = load_bench(baseline) if baseline is not None else None
+    started = time.monotonic()
+    settings = _settings(components, False)
+    stage_results = {name: _run_one(name, app_servers=None, replicas=None, settings=settings, runs_dir=output,
+                                    quick=True, quiet=quiet) for name in names}
+    document = bench_document(stage_results)
+    document["wall_seconds"] = round(time.monotonic() - started, 1)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "bench.json").write_text(json.dumps(document, indent=2))
+    if len(stage_results) > 1:
+        comparison_report(list(stage_results.values()), output)
+    if write_baseline is not None:
+        write_baseline.write_text(json.dumps(document, indent=2))
+        click.echo(f"baseline written: {write_baseline}")
+    for name, figures in document["stages"].items():
+        click.echo(f"{name}: " + ", ".join(f"{key} {value:g}" for key, value in figures.items()))
+    click.echo(f"bench took {document['wall_seconds']:.0f} s; results in {output}")
+    if base is not None:
+        problems = regressions(document, base, tolerance=allowed)
+        for line in problems:
+            click.echo(f"REGRESSION {line}", err=True)
+        if problems:
+            sys.exit(1)
+        click.echo(f"no regression against {baseline} (tolerance {allowed * 100:.0f}%)")
+
+
 def _add_subsystem_groups() -> None:
     """Subcommand groups that live with their subsystem (the capacity model)."""
     try:

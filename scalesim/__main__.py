@@ -1,0 +1,5 @@
+"""``python -m scalesim`` is the ``scalesim`` command."""
+
+from scalesim.cli import main
+
+main()
