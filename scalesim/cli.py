@@ -38,6 +38,15 @@ def friendly_errors(command: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted: every server this command started has been stopped", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug, not bad input: keep the details, show one line
+            import tempfile
+            import traceback
+
+            with tempfile.NamedTemporaryFile("w", prefix="scalesim-error-", suffix=".txt", delete=False) as log:
+                traceback.print_exc(file=log)
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (details: {log.name})") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -325,12 +334,12 @@ def bench(stages: str, baseline: Path | None, tolerance: str, write_baseline: Pa
 
 
 def _add_subsystem_groups() -> None:
-    """Subcommand groups that live with their subsystem (the capacity model)."""
-    try:
-        from scalesim.model.cli import model
-    except ImportError:  # the model subsystem is optional while it is being built
-        return
+    """Subcommand groups that live with their subsystem (the capacity model, deployment files)."""
+    from scalesim.deploy.cli import deploy
+    from scalesim.model.cli import model
+
     main.add_command(model)
+    main.add_command(deploy)
 
 
 _add_subsystem_groups()

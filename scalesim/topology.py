@@ -24,8 +24,15 @@ import yaml
 
 from scalesim.errors import ScenarioError
 
-#: Where the bundled stage files live (the repository's top-level ``scenarios/``).
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+def _scenario_dir() -> Path:
+    """The bundled stage files: the checkout's top-level ``scenarios/``, or their copy in an installed wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "scenarios"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parent / "scenarios"
+
+
+SCENARIO_DIR = _scenario_dir()
 
 NODE_ROLES = ("app", "balancer", "keyvalue", "primary", "replicas", "workers")
 WORKLOAD_TASKS = ("browse_catalog", "view_book", "profile", "my_rentals", "charges", "rent_and_return")

@@ -124,6 +124,7 @@ class LocalDeployment:
             self._start_apps()
             self._start_workers()
             self._start_balancer()
+            self.budgets.apply()
             self.timings["up_seconds"] = time.monotonic() - started
             self.write_state()
         except BaseException:

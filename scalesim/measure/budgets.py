@@ -147,7 +147,9 @@ class CpuBudgets:
                 path.mkdir(exist_ok=True)
                 paths.append(path)
             group = CpuGroup(name=name, cores=cores, layout=self.layout, paths=paths)
-            self._set_quota(group)
+            # Start-up (imports, initdb, recovery) runs unthrottled; `apply` sets the quotas once the
+            # stage is up, so a budget shapes the measured run, not the bring-up time.
+            self._write_quota(group, None)
         except OSError as exc:
             self.reason = f"cannot create control groups: {exc.strerror}"
             self.layout = None
@@ -155,15 +157,20 @@ class CpuBudgets:
         self.groups[name] = group
         return group
 
-    def _set_quota(self, group: CpuGroup) -> None:
+    def apply(self) -> None:
+        """Set every group's quota to its budget."""
+        for group in self.groups.values():
+            self._write_quota(group, group.cores)
+
+    def _write_quota(self, group: CpuGroup, cores: float | None) -> None:
         cpu_path = group.paths[0]
         assert self.layout is not None
         if self.layout.version == 1:
             (cpu_path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            quota = -1 if group.cores is None else max(1000, int(group.cores * PERIOD_US))
+            quota = -1 if cores is None else max(1000, int(cores * PERIOD_US))
             (cpu_path / "cpu.cfs_quota_us").write_text(str(quota))
         else:
-            quota_text = "max" if group.cores is None else str(max(1000, int(group.cores * PERIOD_US)))
+            quota_text = "max" if cores is None else str(max(1000, int(cores * PERIOD_US)))
             (cpu_path / "cpu.max").write_text(f"{quota_text} {PERIOD_US}")
 
     def remove(self) -> None:

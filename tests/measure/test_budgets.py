@@ -25,6 +25,7 @@ def test_quota_caps_the_whole_tree_and_accounts_exited_children(tmp_path: Path) 
         pytest.skip(f"CPU budgets cannot be enforced here: {budgets.reason}")
     group = budgets.group("burner", cores=0.2)
     assert group is not None
+    budgets.apply()
     process = ManagedProcess(name="burner", argv=[sys.executable, "-c", BURN], log_path=tmp_path / "burn.log",
                              cpu_group=group)
     try:
