@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import urllib.request
@@ -29,10 +30,8 @@ def _alive(pids: list[int]) -> list[int]:
 def _tree(pids: list[int]) -> list[int]:
     found = list(pids)
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             found += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
     return found
 
 
