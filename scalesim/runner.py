@@ -123,7 +123,8 @@ class Run:
                 self.deployment.up()
                 self.progress(f"{self.scenario.name} is up in {self.deployment.timings['up_seconds']:.1f} s "
                               f"at {self.deployment.entry_url}")
-                load = run_load(host=self.deployment.entry_url, workload=self.scenario.workload, load=self.profile,
+                load = run_load(host=self.deployment.entry_url, workload=self.scenario.workload.to_dict(),
+                                load=self.profile.to_dict(),
                                 seeded_users=self.scenario.data.users, out_dir=self.run_dir / "locust",
                                 on_event=self.handle_event)
                 self.loadgen_files = {key: str(value) for key, value in getattr(load, "files", {}).items()}
@@ -161,13 +162,9 @@ class Run:
                           for role in ("app", "balancer", "keyvalue", "primary", "replicas", "workers")},
                 "app": vars(scenario.app),
                 "data": vars(scenario.data),
-                "workload": {"think_time_min": scenario.workload.think_time_min,
-                             "think_time_max": scenario.workload.think_time_max,
-                             "mix": dict(scenario.workload.mix),
-                             "objective_p95_ms": scenario.workload.objective_p95_ms},
+                "workload": scenario.workload.to_dict(),
             },
-            "profile": {"name": "quick" if self.quick else "full", "steps": list(profile.steps),
-                        "step_seconds": profile.step_seconds, "warmup_seconds": profile.warmup_seconds},
+            "profile": {"name": "quick" if self.quick else "full", **profile.to_dict()},
             "machine": facts,
             "deployment": {"timings": {k: round(v, 3) for k, v in self.deployment.timings.items()},
                            "nodes": [{"name": n.name, "role": n.role, "cpu_budget": n.cpu_budget}

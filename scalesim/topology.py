@@ -92,6 +92,11 @@ class Workload:
     def think_time_mean(self) -> float:
         return (self.think_time_min + self.think_time_max) / 2
 
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario file's shape (what the load generator and the results read)."""
+        return {"think_time": {"min": self.think_time_min, "max": self.think_time_max}, "mix": dict(self.mix),
+                "objective_p95_ms": self.objective_p95_ms}
+
 
 @dataclass(frozen=True, kw_only=True)
 class LoadProfile:
@@ -101,6 +106,10 @@ class LoadProfile:
     step_seconds: float
     warmup_seconds: float
     spawn_rate: float = 50.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "step_seconds": self.step_seconds, "warmup_seconds": self.warmup_seconds,
+                "spawn_rate": self.spawn_rate}
 
     @property
     def expected_seconds(self) -> float:

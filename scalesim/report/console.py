@@ -16,7 +16,8 @@ class LiveProgress:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
-        self.interval = interval
+        # A terminal line rewrites itself every second; a log (CI) gets a line every 10 seconds.
+        self.interval = interval if self.interactive else max(interval, 10.0)
         self.step = "-"
         self.phase = "starting"
         self._last_line = 0.0
