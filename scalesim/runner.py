@@ -167,7 +167,7 @@ class Run:
             "profile": {"name": "quick" if self.quick else "full", **profile.to_dict()},
             "machine": facts,
             "deployment": {"timings": {k: round(v, 3) for k, v in self.deployment.timings.items()},
-                           "nodes": [{"name": n.name, "role": n.role, "cpu_budget": n.cpu_budget}
+                           "nodes": [{"name": n.name, "role": n.role, "cpu_budget": n.cpu_budget, "pid": n.process.pid}
                                      for n in self.deployment.nodes]},
             "loadgen_files": self.loadgen_files,
             "steps": self.steps,
