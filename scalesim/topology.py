@@ -24,6 +24,7 @@ import yaml
 
 from scalesim.errors import ScenarioError
 
+
 def _scenario_dir() -> Path:
     """The bundled stage files: the checkout's top-level ``scenarios/``, or their copy in an installed wheel."""
     checkout = Path(__file__).resolve().parent.parent / "scenarios"

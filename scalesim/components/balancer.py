@@ -65,7 +65,8 @@ http://{LOOPBACK}:{port} {{
 
 
 def start_balancer(*, binary: Path, run_dir: Path, port: int, upstreams: Sequence[int],
-                   settings: BalancerSettings | None = None, name: str = "balancer", cpu_group: CpuGroup | None = None) -> Balancer:
+                   settings: BalancerSettings | None = None, name: str = "balancer",
+                   cpu_group: CpuGroup | None = None) -> Balancer:
     settings = settings or BalancerSettings()
     ensure_port_free(port, role=name)
     home = (run_dir / "data" / name).resolve()

@@ -35,7 +35,8 @@ class KeyValueServer:
 
 
 def start_keyvalue(*, binary: Path, run_dir: Path, port: int, name: str = "keyvalue",
-                   maxmemory: str = "256mb", start_timeout: float = 15.0, cpu_group: CpuGroup | None = None) -> KeyValueServer:
+                   maxmemory: str = "256mb", start_timeout: float = 15.0,
+                   cpu_group: CpuGroup | None = None) -> KeyValueServer:
     ensure_port_free(port, role=name)
     data_dir = (run_dir / "data" / name).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -87,10 +87,7 @@ def unprivileged_user() -> str | None:
 
 
 def _others_can_traverse(path: Path) -> bool:
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
-            return False
-    return True
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in [path, *path.parents] if parent.exists())
 
 
 #: Where a root-run copies PostgreSQL's installation when the unprivileged user cannot reach it

@@ -56,7 +56,7 @@ async def _database_snapshot(urls: Mapping[str, str], primary: str | None) -> di
     for name, url in urls.items():
         try:
             conn = await asyncpg.connect(url, timeout=3)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             continue
         try:
             row = await conn.fetchrow("SELECT xact_commit + xact_rollback AS xacts, tup_returned, tup_fetched "

@@ -63,7 +63,7 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
         lag = max_replication_lag_ms(step)
         rows.append([step["users"], _fmt(total["rps"]), _fmt(total.get("mean_ms")), _fmt(total.get("p50_ms")),
                      _fmt(total.get("p95_ms")), _fmt(total.get("p99_ms")), f"{_error_rate(total) * 100:.2f}%",
-                     f"{verdict.get('bottleneck') or '-'} ({_fmt((verdict.get('bottleneck_utilization') or 0) * 100, 0)}%)",
+                     _bottleneck_cell(verdict),
                      f"{hit * 100:.0f}%" if hit is not None else "-", _fmt(lag, 2) if lag is not None else "-"])
     report.table(["users", "req/s", "mean ms", "p50 ms", "p95 ms", "p99 ms", "errors", "bottleneck",
                   "cache hits", "repl. lag ms"], rows)
@@ -94,6 +94,12 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     report.text(f"{facts.get('platform')}; Python {facts.get('python')}; load average {facts.get('load_average')}; "
                 f"{versions}.")
     return report.write(run_dir)
+
+
+def _bottleneck_cell(verdict: dict[str, Any]) -> str:
+    utilization = verdict.get("bottleneck_utilization")
+    share = f" ({utilization * 100:.0f}%)" if utilization is not None else ""
+    return f"{verdict.get('bottleneck') or '-'}{share}"
 
 
 def _node_cell(node: dict[str, Any]) -> str:

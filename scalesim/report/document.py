@@ -59,7 +59,8 @@ class Report:
         for section in self.sections:
             kind = section["kind"]
             if kind == "headline":
-                lines += [f"- **{card['label']}: {card['value']}** {card['note']}".rstrip() for card in section["cards"]]
+                cards = section["cards"]
+                lines += [f"- **{card['label']}: {card['value']}** {card['note']}".rstrip() for card in cards]
                 lines.append("")
             elif kind == "heading":
                 lines += [f"## {section['text']}", ""]
