@@ -26,10 +26,16 @@ def app_stats(url: str, *, timeout: float = 2.0) -> dict[str, Any]:
         return {}
 
 
+#: Values in /api/_stats that are not counters: identities and gauges, meaningless as differences.
+NOT_COUNTERS = frozenset({"pid", "server", "known_replay_lsn", "sessions_in_memory"})
+
+
 def numeric_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """after - before for every number, recursively (counters that only grow)."""
+    """after - before for every counter, recursively (counters only grow)."""
     delta: dict[str, Any] = {}
     for key, value in after.items():
+        if key in NOT_COUNTERS:
+            continue
         old = before.get(key)
         if isinstance(value, Mapping):
             delta[key] = numeric_delta(old if isinstance(old, Mapping) else {}, value)
