@@ -35,7 +35,7 @@ def test_quick_run_writes_results_and_report_and_stops_everything(tmp_path: Path
     [run_dir] = list(runs.iterdir())
     results = load_results(run_dir)
     assert results["schema_version"] == 1
-    assert [step["users"] for step in results["steps"]] == [10, 30]
+    assert [step["users"] for step in results["steps"]] == [20, 120]
     for step in results["steps"]:
         assert step["total"]["requests"] > 0
         assert step["total"]["failures"] == 0
