@@ -8,7 +8,6 @@ with status 130.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -20,35 +19,11 @@ from typing import Any, TypeVar
 import click
 
 from scalesim import __version__
+from scalesim.commandline import friendly_errors
 from scalesim.errors import ScalesimError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACTIVE_FILE = "active"
-
-
-def friendly_errors(command: F) -> F:
-    """One line and a non-zero exit for every failure a user can meet, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ScalesimError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: every server this command started has been stopped", err=True)
-            sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
-            raise
-        except Exception as exc:  # a bug, not bad input: keep the details, show one line
-            import tempfile
-            import traceback
-
-            with tempfile.NamedTemporaryFile("w", prefix="scalesim-error-", suffix=".txt", delete=False) as log:
-                traceback.print_exc(file=log)
-            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (details: {log.name})") from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def runs_dir_option(command: F) -> F:

@@ -40,26 +40,30 @@ class Balancer:
         return f"http://{LOOPBACK}:{self.port}"
 
 
-def caddyfile(*, port: int, upstreams: Sequence[int], settings: BalancerSettings) -> str:
-    targets = " ".join(f"{LOOPBACK}:{upstream}" for upstream in upstreams)
+def caddyfile(*, port: int, upstreams: Sequence[str], settings: BalancerSettings, bind: str | None = LOOPBACK) -> str:
+    """The balancer's Caddyfile: locally bound to loopback; in a container (``bind=None``) on every
+    interface of the container, where only the host's published port decides who can reach it.
+    Indented with spaces, so that YAML (compose configs, Kubernetes ConfigMaps) can carry it as a block.
+    """
+    site = f"http://{bind}:{port}" if bind else f"http://:{port}"
+    bind_line = f"\n    bind {bind}" if bind else ""
     return f"""{{
-	admin off
-	auto_https off
-	persist_config off
+    admin off
+    auto_https off
+    persist_config off
 }}
 
-http://{LOOPBACK}:{port} {{
-	bind {LOOPBACK}
-	reverse_proxy {targets} {{
-		lb_policy {settings.policy}
-		lb_try_duration {settings.try_duration}
-		lb_try_interval {settings.try_interval}
-		health_uri {settings.health_uri}
-		health_interval {settings.health_interval}
-		transport http {{
-			keepalive_idle_conns {settings.keepalive_idle_conns}
-		}}
-	}}
+{site} {{{bind_line}
+    reverse_proxy {" ".join(upstreams)} {{
+        lb_policy {settings.policy}
+        lb_try_duration {settings.try_duration}
+        lb_try_interval {settings.try_interval}
+        health_uri {settings.health_uri}
+        health_interval {settings.health_interval}
+        transport http {{
+            keepalive_idle_conns {settings.keepalive_idle_conns}
+        }}
+    }}
 }}
 """
 
@@ -72,7 +76,8 @@ def start_balancer(*, binary: Path, run_dir: Path, port: int, upstreams: Sequenc
     home = (run_dir / "data" / name).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "Caddyfile"
-    config.write_text(caddyfile(port=port, upstreams=upstreams, settings=settings))
+    config.write_text(caddyfile(port=port, upstreams=[f"{LOOPBACK}:{upstream}" for upstream in upstreams],
+                                settings=settings))
     env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
            "PATH": "/usr/bin:/bin"}
     process = ManagedProcess(name=name, log_path=(run_dir / "logs" / f"{name}.log").resolve(), env=env,

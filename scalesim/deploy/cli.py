@@ -15,27 +15,16 @@ override, a file that cannot be written) reaches the user as one line.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from scalesim.errors import ScalesimError
+from scalesim.commandline import friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _one_line_errors(command: F) -> F:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ScalesimError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _stage_options(command: F) -> F:
@@ -83,7 +72,7 @@ def deploy() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the compose file here (default: standard output).")
 @click.option("--check", is_flag=True, help="Check the written file with `docker compose config -q` (needs -o).")
-@_one_line_errors
+@friendly_errors
 def compose(stage: str, app_servers: int | None, replicas: int | None, image: str | None,
             output: Path | None, check: bool) -> None:
     """A Docker Compose file for STAGE (a stage name or a scenario file).
@@ -111,7 +100,7 @@ def compose(stage: str, app_servers: int | None, replicas: int | None, image: st
 @_stage_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write DIR/<stage>.yaml (default: standard output).")
-@_one_line_errors
+@friendly_errors
 def kubernetes(stage: str, app_servers: int | None, replicas: int | None, image: str | None,
                output: Path | None) -> None:
     """Kubernetes manifests for STAGE (a stage name or a scenario file), as one multi-document file.

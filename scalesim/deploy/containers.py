@@ -32,8 +32,9 @@ from typing import Any
 
 import yaml
 
-from scalesim.components.balancer import BalancerSettings
+from scalesim.components.balancer import BalancerSettings, caddyfile
 from scalesim.components.postgres import DATABASE, SUPERUSER, PostgresSettings
+from scalesim.deploy.appconfig import app_config as local_app_config
 from scalesim.deploy.local import DeploymentSettings
 from scalesim.topology import DataSpec, Scenario
 
@@ -152,23 +153,12 @@ def keyvalue_url(*, host: str, settings: ContainerSettings) -> str:
 
 
 def app_config(scenario: Scenario, *, hosts: Hosts, settings: ContainerSettings) -> dict[str, Any]:
-    """SCALESIM_APP_CONFIG without ``server_name`` (each node adds its own), as the local deployment builds it."""
-    behaviour = scenario.app
-    tuning = settings.tuning
-    return {
-        "database_url": database_url(host=hosts.primary, settings=settings),
-        "replica_urls": [database_url(host=host, settings=settings) for host in hosts.replicas],
-        "keyvalue_url": keyvalue_url(host=hosts.keyvalue, settings=settings) if hosts.keyvalue else None,
-        "sessions": behaviour.sessions,
-        "joins": behaviour.joins,
-        "query_cache": behaviour.query_cache,
-        "object_cache": behaviour.object_cache,
-        "reads": behaviour.reads,
-        "charges": behaviour.charges,
-        "pool_size": tuning.pool_size,
-        "session_ttl_seconds": tuning.session_ttl_seconds,
-        "query_cache_ttl_seconds": tuning.query_cache_ttl_seconds,
-    }
+    """SCALESIM_APP_CONFIG without ``server_name``, as the local deployment builds it, with service hosts."""
+    return local_app_config(
+        scenario, database_url=database_url(host=hosts.primary, settings=settings),
+        replica_urls=[database_url(host=host, settings=settings) for host in hosts.replicas],
+        keyvalue_url=keyvalue_url(host=hosts.keyvalue, settings=settings) if hosts.keyvalue else None,
+        settings=settings.tuning)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -293,32 +283,8 @@ def replica_environment(*, settings: ContainerSettings, primary: str = "primary"
 # -- the balancer ----------------------------------------------------------------------------------
 
 def balancer_caddyfile(*, port: int, upstreams: list[str], settings: BalancerSettings) -> str:
-    """The local balancer's Caddyfile (`scalesim.components.balancer.caddyfile`) for a container.
-
-    The same policy, retries, health checks and keep-alive pool; upstreams are ``host:port`` service
-    names, and the site listens on every interface of its container (only the host's published
-    port decides who can reach it). Indented with spaces, so that YAML can carry it as a block.
-    """
-    targets = " ".join(upstreams)
-    return f"""{{
-    admin off
-    auto_https off
-    persist_config off
-}}
-
-http://:{port} {{
-    reverse_proxy {targets} {{
-        lb_policy {settings.policy}
-        lb_try_duration {settings.try_duration}
-        lb_try_interval {settings.try_interval}
-        health_uri {settings.health_uri}
-        health_interval {settings.health_interval}
-        transport http {{
-            keepalive_idle_conns {settings.keepalive_idle_conns}
-        }}
-    }}
-}}
-"""
+    """The local balancer's Caddyfile for a container: upstreams are ``host:port`` service names."""
+    return caddyfile(port=port, upstreams=upstreams, settings=settings, bind=None)
 
 
 def cpu_text(cores: float) -> str:

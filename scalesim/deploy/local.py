@@ -34,6 +34,7 @@ from scalesim.components.binaries import Binaries, find_binaries, version_of
 from scalesim.components.keyvalue import start_keyvalue
 from scalesim.components.postgres import PostgresCluster, PostgresSettings
 from scalesim.components.process import LOOPBACK, ManagedProcess, free_port, http_ok, port_accepts
+from scalesim.deploy.appconfig import app_config
 from scalesim.errors import ComponentError, ScalesimError
 from scalesim.measure.budgets import CpuBudgets, CpuGroup, remove_stale_groups
 from scalesim.measure.cpu import node_cpu_seconds
@@ -173,22 +174,11 @@ class LocalDeployment:
                        url=server.url)
 
     def _build_app_config(self) -> dict[str, Any]:
-        behaviour = self.scenario.app
         by_role = {node.role: node for node in self.nodes}
-        return {
-            "database_url": by_role["primary"].url,
-            "replica_urls": [node.url for node in self.nodes if node.role == "replica"],
-            "keyvalue_url": by_role["keyvalue"].url if "keyvalue" in by_role else None,
-            "sessions": behaviour.sessions,
-            "joins": behaviour.joins,
-            "query_cache": behaviour.query_cache,
-            "object_cache": behaviour.object_cache,
-            "reads": behaviour.reads,
-            "charges": behaviour.charges,
-            "pool_size": self.settings.pool_size,
-            "session_ttl_seconds": self.settings.session_ttl_seconds,
-            "query_cache_ttl_seconds": self.settings.query_cache_ttl_seconds,
-        }
+        return app_config(self.scenario, database_url=by_role["primary"].url or "",
+                          replica_urls=[node.url or "" for node in self.nodes if node.role == "replica"],
+                          keyvalue_url=by_role["keyvalue"].url if "keyvalue" in by_role else None,
+                          settings=self.settings)
 
     def _start_apps(self) -> None:
         spec = self.scenario.nodes.app
