@@ -61,6 +61,7 @@ class Run:
     steps: list[dict[str, Any]] = field(default_factory=list, init=False)
     loadgen_files: dict[str, str] = field(default_factory=dict, init=False)
     _window_start: Snapshot | None = field(default=None, init=False)
+    _lag_samples: list[dict[str, Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.deployment = LocalDeployment(scenario=self.scenario, run_dir=self.run_dir, settings=self.settings,
@@ -81,6 +82,12 @@ class Run:
         kind = event.get("event")
         if kind == "measure_start":
             self._window_start = self.snapshot()
+            self._lag_samples = []
+        elif kind == "progress" and self._window_start is not None and self.deployment.cluster is not None \
+                and self.deployment.cluster.replicas:
+            # About once a second while measuring: how far behind the primary each replica is.
+            primary = self.deployment.cluster.primary
+            self._lag_samples += database_snapshot({"primary": primary.url}, primary="primary")["replication"]
         elif kind == "step_end" and self._window_start is not None:
             self.steps.append(self.step_record(event, self._window_start, self.snapshot()))
             self._window_start = None
@@ -103,6 +110,7 @@ class Run:
         app_counters = sum_counters(numeric_delta(start.apps.get(name, {}), after) for name, after in end.apps.items())
         transactions = numeric_delta(start.database.get("transactions", {}), end.database.get("transactions", {}))
         lags = end.database.get("replication", [])
+        samples = self._lag_samples + lags
         record = {key: value for key, value in event.items() if key != "event"}
         record.update({
             "measured_window_s": round(window, 3),
@@ -110,6 +118,12 @@ class Run:
             "app_counters": app_counters,
             "db_transactions": transactions,
             "replication": lags,
+            "replication_lag": {
+                "samples": len(samples),
+                "max_ms": round(max((s["replay_lag_ms"] for s in samples), default=0.0), 3),
+                "mean_ms": round(sum(s["replay_lag_ms"] for s in samples) / len(samples), 3) if samples else 0.0,
+                "max_bytes": max((s["lag_bytes"] for s in samples), default=0),
+            } if samples else None,
         })
         return record
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from scalesim.commandline import friendly_errors
+from scalesim.errors import ScalesimError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -30,6 +30,9 @@ def cache_hit_ratio(step: dict[str, Any]) -> float | None:
 
 
 def max_replication_lag_ms(step: dict[str, Any]) -> float | None:
+    sampled = step.get("replication_lag")
+    if sampled:
+        return float(sampled["max_ms"])
     lags = [entry.get("replay_lag_ms", 0.0) for entry in step.get("replication", [])]
     return max(lags) if lags else None
 
