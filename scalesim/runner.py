@@ -20,6 +20,7 @@ from typing import Any
 from scalesim.deploy.local import DeploymentSettings, LocalDeployment
 from scalesim.errors import ScalesimError
 from scalesim.measure.counters import app_stats, database_snapshot, numeric_delta, sum_counters
+from scalesim.model.accuracy import compare_with_measurement
 from scalesim.results import machine_facts, save_results
 from scalesim.topology import LoadProfile, Scenario
 
@@ -150,6 +151,7 @@ class Run:
             raise ScalesimError("the load generator finished without measuring a single step "
                                 f"(see {self.run_dir / 'locust'})")
         results = self.document(started_at=started_at, facts=facts)
+        results["model"] = compare_with_measurement(results)  # calibrated from this run, checked against it
         save_results(results, self.run_dir)
         return results
 

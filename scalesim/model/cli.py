@@ -3,11 +3,13 @@
     scalesim model solve NETWORK.yaml --users 1,10,100
     scalesim model solve NETWORK.yaml --users 100..20000 --method simulate --replications 10 --json
     scalesim model whatif NETWORK.yaml --users 100..20000 --scale app=40,replicas=6
+    scalesim model stage4 --from RUN_DIR --app-servers 40 --replicas 6 --users 100..20000 -o curve.png
 
 ``solve`` prints, per user count, throughput, mean response time (with p50/p95/p99 and 95%
 confidence half-widths when simulating) and each station's utilization and queue length; ``--json``
 prints the same as one JSON document, ``--plot FILE.png`` draws the capacity curve. ``whatif`` changes
-server counts first and says where the bottleneck sits and what to add next.
+server counts first and says where the bottleneck sits and what to add next; with ``--from RUN_DIR``
+it calibrates a stage from a measured run instead (``scalesim model STAGE --from RUN_DIR`` for short).
 
 Every mistake in the input ends the command with one line on stderr (``Error: ...``) and exit status
 1: usage errors included, which click would otherwise print with the usage text.
@@ -28,7 +30,14 @@ from scalesim.model.network import Distribution, ModelError, Network, load_netwo
 from scalesim.model.simulate import SimulationSettings, simulate
 from scalesim.model.solution import Solution
 from scalesim.model.users import parse_users
-from scalesim.model.whatif import bottlenecks, capacity_curve, next_upgrade, what_if
+from scalesim.model.whatif import (
+    RunWhatIf,
+    bottlenecks,
+    capacity_curve,
+    next_upgrade,
+    what_if,
+    what_if_from_run,
+)
 
 __all__ = ["model"]
 
@@ -44,9 +53,38 @@ class _OneLineCommand(click.Command):
             raise click.ClickException(_one_line(exc.format_message())) from None
 
 
-@click.group(name="model")
+class _ModelGroup(click.Group):
+    """``scalesim model STAGE --from RUN`` is short for ``scalesim model whatif STAGE --from RUN``.
+
+    An unknown first word that names a bundled stage or a YAML file is taken as the what-if's
+    target; anything else is an unknown command, said in one line.
+    """
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                               list[str]]:
+        name = args[0] if args else ""
+        if name and name not in self.commands and _names_a_stage(name):
+            return "whatif", self.commands["whatif"], list(args)
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise click.ClickException(_one_line(exc.format_message())) from None
+
+
+def _names_a_stage(text: str) -> bool:
+    from scalesim.topology import bundled_stages
+
+    return text in bundled_stages() or text.endswith((".yaml", ".yml"))
+
+
+@click.group(name="model", cls=_ModelGroup)
 def model() -> None:
-    """Capacity model: exact MVA and simulation of a closed queueing network."""
+    """Capacity model: exact MVA and simulation of a closed queueing network.
+
+    \b
+    scalesim model solve NETWORK.yaml --users 1,10,100
+    scalesim model stage4 --from RUN_DIR --app-servers 40 --replicas 6 --users 100..20000
+    """
 
 
 @model.command(cls=_OneLineCommand)
@@ -122,17 +160,48 @@ def solve(network_file: Path, users_text: str, method: str, as_json: bool, repli
 
 
 @model.command(name="whatif", cls=_OneLineCommand)
-@click.argument("network_file", metavar="NETWORK", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", metavar="STAGE|NETWORK")
+@click.option("--from", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="A run folder (or its results.json) to calibrate STAGE from.")
 @click.option("--users", "-u", "users_text", required=True, help="User counts, as for solve.")
+@click.option("--app-servers", type=int, default=None, help="With --from: app servers (each keeps its budget).")
+@click.option("--replicas", type=int, default=None, help="With --from: database replicas.")
 @click.option("--scale", default=None,
               help="Capacity per station in its scaling unit (servers, or copies for replicated "
                    "stations): app=40,replicas=6.")
-@click.option("--speedup", default=None, help="Divide service times of stations: app=2.")
+@click.option("--speedup", default=None, help="Divide service times of stations: app=2 (network files).")
 @click.option("--think-time", type=float, default=None, help="Replace the users' think time (seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def whatif_command(network_file: Path, users_text: str, scale: str | None, speedup: str | None,
-                   think_time: float | None, as_json: bool) -> None:
-    """Change NETWORK, then show its capacity curve, bottlenecks and what to add next."""
+@click.option("-o", "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the capacity curve to this PNG.")
+def whatif_command(target: str, run_dir: Path | None, users_text: str, app_servers: int | None,
+                   replicas: int | None, scale: str | None, speedup: str | None, think_time: float | None,
+                   as_json: bool, plot_path: Path | None) -> None:
+    """What if: change a network file, or a stage calibrated from a run (--from), and solve it.
+
+    \b
+    scalesim model whatif NETWORK.yaml --users 100..20000 --scale app=40,replicas=6
+    scalesim model stage4 --from RUN_DIR --app-servers 40 --replicas 6 --users 100..20000 -o curve.png
+    """
+    if run_dir is not None:
+        if speedup or think_time is not None:
+            raise click.ClickException("--speedup and --think-time apply to network files, not to --from runs")
+        counts = _assignments_or_fail(scale, "--scale", int)
+        unknown = set(counts) - {"app", "replicas"}
+        if unknown:
+            raise click.ClickException(f"--scale: with --from only app and replicas can be scaled, not "
+                                       f"{', '.join(sorted(unknown))}")
+        _whatif_from_run(target, run_dir, users_text=users_text,
+                         app_servers=app_servers if app_servers is not None else counts.get("app"),
+                         replicas=replicas if replicas is not None else counts.get("replicas"),
+                         as_json=as_json, plot_path=plot_path)
+        return
+    if _names_a_stage(target) and not Path(target).is_file():
+        raise click.ClickException(f"{target}: a stage needs --from RUN_DIR, a run of it to calibrate from")
+    if app_servers is not None or replicas is not None:
+        raise click.ClickException("--app-servers and --replicas need --from RUN_DIR; for a network file use "
+                                   "--scale app=N,replicas=R")
+    network_file = Path(target)
     network = _load(network_file)
     users = _users(users_text)
     try:
@@ -140,6 +209,10 @@ def whatif_command(network_file: Path, users_text: str, scale: str | None, speed
                           speedup=_assignments(speedup, "--speedup", float), think_time=think_time)
         points = capacity_curve(changed, users)
         upgrade = next_upgrade(changed)
+        if plot_path is not None:
+            _plot(changed, solve_mva(changed, users), None, asymptotic_bounds(changed)
+                  if changed.class_mode == "mix" else None, plot_path, method="mva",
+                  title=f"{network.name or network_file.name}: what if")
     except ModelError as exc:
         raise click.ClickException(_one_line(str(exc))) from None
     moves = bottlenecks(points)
@@ -151,6 +224,8 @@ def whatif_command(network_file: Path, users_text: str, scale: str | None, speed
             "bottlenecks": [{"from_users": n, "station": name} for n, name in moves],
             "next_upgrade": vars(upgrade) if upgrade else None,
         }
+        if plot_path is not None:
+            document["plot"] = str(plot_path)
         click.echo(json.dumps(_jsonable(document), indent=2))
         return
     click.echo("stations: " + ", ".join(
@@ -163,6 +238,115 @@ def whatif_command(network_file: Path, users_text: str, scale: str | None, speed
     click.echo("bottleneck: " + "; ".join(f"{name} from {n} users" for n, name in moves))
     if upgrade is not None:
         click.echo(f"add next: {upgrade.describe()}")
+    if plot_path is not None:
+        click.echo(f"plot: {plot_path}")
+
+
+def _whatif_from_run(target: str, run_dir: Path, *, users_text: str, app_servers: int | None,
+                     replicas: int | None, as_json: bool, plot_path: Path | None) -> None:
+    """Calibrate from the run, change the counts, print the curve and what to add next."""
+    from scalesim.errors import ScalesimError
+    from scalesim.results import load_results
+    from scalesim.topology import load_scenario
+
+    try:
+        scenario = load_scenario(target)
+        results = load_results(run_dir)
+    except ScalesimError as exc:
+        raise click.ClickException(_one_line(str(exc))) from None
+    users = _users(users_text)
+    try:
+        answer = what_if_from_run(results, users=users, app_servers=app_servers, replicas=replicas)
+        if plot_path is not None:
+            _plot_run_whatif(answer, results, plot_path, title=f"{scenario.name}: what if")
+    except ModelError as exc:
+        raise click.ClickException(_one_line(str(exc))) from None
+    run_name = str((results.get("scenario") or {}).get("name") or "?")
+    measured, changed = answer.measured, answer.model
+    caps = changed.caps()
+    if as_json:
+        document = {
+            "stage": scenario.name,
+            "run": str(results.get("_path", run_dir)),
+            "run_scenario": run_name,
+            "measured": measured.to_dict(),
+            "model": changed.to_dict(),
+            "network": changed.network_dict(),
+            "curve": [p.to_dict() for p in answer.points],
+            "bottlenecks": [{"from_users": n, "station": name} for n, name in answer.bottlenecks],
+            "max_throughput": caps[0].throughput if caps else None,
+            "knee_users": changed.knee_users if caps else None,
+            "next_upgrade": vars(answer.upgrade) if answer.upgrade else None,
+        }
+        if plot_path is not None:
+            document["plot"] = str(plot_path)
+        click.echo(json.dumps(_jsonable(document), indent=2))
+        return
+    same = "" if run_name == scenario.name else f" (the run measured {run_name})"
+    click.echo(f"{scenario.name}: calibrated from {results.get('run_id', run_dir)}{same}, "
+               f"{len(measured.steps_used)} step(s); think time {changed.think_time * 1000:.0f} ms per request, "
+               f"latency {changed.latency * 1000:.2f} ms")
+    changes = [f"{s.name} {ms.node_count} -> {s.node_count}" for s, ms in zip(changed.stations, measured.stations,
+                                                                               strict=True)
+               if s.node_count != ms.node_count]
+    click.echo("what if: " + (", ".join(changes) if changes else "the deployment as measured")
+               + "; each node its own host with its CPU budget")
+    click.echo("stations: " + ", ".join(
+        f"{s.name} {s.node_count} x {s.budget:g} core" if s.budget is not None else f"{s.name} {s.node_count}"
+        for s in changed.stations))
+    rows = [[str(p.users), _num(p.throughput), _num(p.response_time * 1000),
+             f"{p.bottleneck} ({p.bottleneck_utilization:.0%})"] for p in answer.points]
+    click.echo(_table(["users", "throughput/s", "response ms", "bottleneck (utilization)"], rows))
+    click.echo("bottleneck: " + "; ".join(f"{name} from {n} users" for n, name in answer.bottlenecks))
+    if caps:
+        click.echo(f"max throughput: {_num(caps[0].throughput)}/s ({caps[0].name} saturates first: "
+                   f"{caps[0].why}), knee near {changed.knee_users:,.0f} users")
+    if answer.upgrade is not None:
+        click.echo(f"add next: {answer.upgrade.describe()}")
+    if plot_path is not None:
+        click.echo(f"plot: {plot_path}")
+
+
+def _plot_run_whatif(answer: RunWhatIf, results: Mapping[str, Any], path: Path, *, title: str) -> None:
+    """The what-if curve as a line (dense), its cap dashed, and the run's measured steps as points."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lowest, highest = answer.points[0].users, answer.points[-1].users
+    grid = sorted({int(round(u)) for u in np.geomspace(max(lowest, 1), max(highest, 2), 300)})
+    dense = answer.model.curve(grid)
+    figure = Figure(figsize=(11, 4.2), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    ax_x, ax_r = figure.subplots(1, 2)
+    ax_x.plot([p.users for p in dense], [p.throughput for p in dense], label="model")
+    ax_r.plot([p.users for p in dense], [p.response_time * 1000 for p in dense], label="model")
+    cap = answer.model.max_throughput
+    if np.isfinite(cap):
+        ax_x.axhline(cap, color="k", ls="--", lw=0.8, label=f"cap: {answer.model.caps()[0].name}")
+    steps = [s for s in results.get("steps") or [] if (s.get("total") or {}).get("requests")]
+    if steps:
+        style = {"marker": "o", "ms": 4, "ls": ":", "lw": 0.8, "label": "measured (as run)"}
+        ax_x.plot([s["users"] for s in steps], [s["total"]["rps"] for s in steps], **style)
+        ax_r.plot([s["users"] for s in steps], [s["total"]["mean_ms"] for s in steps], **style)
+    for axis, ylabel in ((ax_x, "throughput (requests/s)"), (ax_r, "mean response time (ms)")):
+        axis.set_xlabel("users")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, alpha=0.3)
+        if highest / max(lowest, 1) > 100:
+            axis.set_xscale("log")
+        axis.legend(fontsize="small")
+    ax_r.set_yscale("log")
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def _assignments_or_fail(text: str | None, option: str, convert: Callable[[str], Any]) -> dict[str, Any]:
+    try:
+        return _assignments(text, option, convert)
+    except ModelError as exc:
+        raise click.ClickException(_one_line(str(exc))) from None
 
 
 # --------------------------------------------------------------------------------------------

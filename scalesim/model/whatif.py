@@ -16,6 +16,9 @@ break with 20,000 users? what should we buy first?* This module answers them wit
     needs before another station becomes the bottleneck.
 ``plan_upgrades(network, users=..., max_response_time=...)``
     Applies ``next_upgrade`` until the objective holds at that load.
+``what_if_from_run(results, users=..., app_servers=40, replicas=6)``
+    The same questions about a *measured* stage: calibrate from its run (``scalesim.model.calibrate``),
+    change the node counts (each node keeps its CPU budget), solve with the budget-aware curve.
 
 Saturation is an asymptotic notion (``Dmax = max_k D_k / capacity_k``); the curve itself comes from
 exact MVA, so a plan's last step is checked against the real response time, not only the bound.
@@ -26,13 +29,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from scalesim.model.mva import solve_mva
 from scalesim.model.network import ModelError, Network, RequestClass, Visit
 from scalesim.model.solution import Solution
 
-__all__ = ["CapacityPoint", "Upgrade", "UpgradePlan", "bottlenecks", "capacity_curve", "next_upgrade",
-           "plan_upgrades", "what_if"]
+if TYPE_CHECKING:  # calibrate imports mva and network only; imported lazily to keep this module light
+    from scalesim.model.calibrate import CalibratedModel, CurvePoint
+
+__all__ = ["CapacityPoint", "RunWhatIf", "Upgrade", "UpgradePlan", "bottlenecks", "capacity_curve",
+           "next_upgrade", "plan_upgrades", "what_if", "what_if_from_run"]
 
 
 def what_if(
@@ -215,3 +222,47 @@ def bottlenecks(points: Sequence[CapacityPoint]) -> list[tuple[int, str]]:
             out.append((point.users, point.bottleneck))
     return out
 
+
+
+# --------------------------------------------------------------------------------------------
+# What if, from a measured run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunWhatIf:
+    """A measured stage calibrated, changed, and solved: what ``scalesim model STAGE --from RUN`` shows.
+
+    ``measured`` is the model of the deployment as it ran (on one machine); ``model`` the changed
+    deployment as a cluster of hosts, each node keeping its CPU budget and demand per request.
+    """
+
+    measured: CalibratedModel
+    model: CalibratedModel
+    points: tuple[CurvePoint, ...]
+    upgrade: Upgrade | None
+
+    @property
+    def bottlenecks(self) -> list[tuple[int, str]]:
+        """Where the bottleneck changes along the curve: (first users count, station)."""
+        out: list[tuple[int, str]] = []
+        for point in self.points:
+            if not out or out[-1][1] != point.bottleneck:
+                out.append((point.users, point.bottleneck))
+        return out
+
+
+def what_if_from_run(results: Mapping[str, Any], *, users: Iterable[int], app_servers: int | None = None,
+                     replicas: int | None = None) -> RunWhatIf:
+    """Calibrate from a run's results, change the node counts, solve at each number of users.
+
+    The answer's curve uses the budget-aware solution (full speed below the budgets, capped at
+    them); "what to add next" comes from ``next_upgrade`` on the budget network, whose bottleneck
+    order is the order of the caps.
+    """
+    from scalesim.model.calibrate import calibrate
+
+    measured = calibrate(results)
+    changed = measured.with_counts(app_servers=app_servers, replicas=replicas)
+    points = tuple(changed.curve(users))
+    return RunWhatIf(measured=measured, model=changed, points=points, upgrade=next_upgrade(changed.network()))

@@ -1,0 +1,291 @@
+"""Calibration from measured runs, the comparison with measurement, and the what-if from a run.
+
+The fixtures in data/ are real results documents (trimmed of log paths): the two quick-profile runs
+of stage0 and stage4 (10 and 30 users), and a stage0 run stepped past its app server's budget
+(300 to 1000 users) so that the saturation is measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scalesim.model.accuracy import compare_with_measurement
+from scalesim.model.calibrate import calibrate, fit_demand
+from scalesim.model.cli import model as model_command
+from scalesim.model.network import ModelError, network_from_dict
+from scalesim.model.whatif import what_if_from_run
+
+DATA = Path(__file__).parent / "data"
+
+
+def _results(name: str) -> dict:
+    return json.loads((DATA / f"results_{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stage0() -> dict:
+    return _results("stage0_quick")
+
+
+@pytest.fixture(scope="module")
+def stage4() -> dict:
+    return _results("stage4_quick")
+
+
+@pytest.fixture(scope="module")
+def stage0_knee() -> dict:
+    return _results("stage0_knee")
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+
+
+def test_stage0_has_an_app_server_and_a_primary(stage0):
+    model = calibrate(stage0)
+    assert [s.name for s in model.stations] == ["app", "primary"]
+    app = model.station("app")
+    assert (app.servers, app.copies, app.budget) == (1, 1, 0.25)
+    assert all(s.demand > 0 for s in model.stations)
+    assert model.budgets_enforced and model.cores == 2
+
+
+def test_stage4_has_every_station_of_the_replicated_stage(stage4):
+    model = calibrate(stage4)
+    assert [s.name for s in model.stations] == ["balancer", "app", "keyvalue", "primary", "replicas"]
+    assert model.station("app").servers == 3
+    replicas = model.station("replicas")
+    assert (replicas.servers, replicas.copies) == (1, 2)
+    assert all(s.demand > 0 for s in model.stations)
+    # Workers are not on the request path: reported, not a station.
+    assert [n.name for n in model.background_nodes] == ["worker1"]
+    assert 0 < model.cache_hit_ratio < 1
+
+
+def test_demands_follow_the_utilization_law(stage0):
+    """One step: D = CPU seconds / requests exactly; several: the slope, below the plain ratio."""
+    step = stage0["steps"][1]
+    single = calibrate(stage0, step=1)
+    assert single.station("app").demand == pytest.approx(step["nodes"]["app1"]["cpu_seconds"]
+                                                         / step["total"]["requests"])
+    fitted = calibrate(stage0)
+    assert fitted.station("app").background > 0  # the idle cost is separated
+    assert fitted.station("app").demand < single.station("app").demand
+
+
+def test_fit_demand_separates_background_from_per_request_cost():
+    # 0.05 core of background plus 2 ms per request, at 10, 50 and 100 req/s over 10 s windows.
+    points = [(r * 10, 10.0, 0.5 + r * 10 * 0.002) for r in (10, 50, 100)]
+    demand, background, method = fit_demand(points)
+    assert method == "regression"
+    assert demand == pytest.approx(0.002) and background == pytest.approx(0.05)
+    # A single step, or a line with a negative background, falls back to the ratio.
+    assert fit_demand(points[:1]) == (pytest.approx(0.5 / 100 + 0.002), 0.0, "ratio")
+    assert fit_demand([(100, 10.0, 0.1), (1000, 10.0, 2.0)])[2] == "ratio"
+
+
+def test_think_time_is_per_request(stage0):
+    """Rent-and-return sends two requests per think: Z per request is the task's Z over requests per task."""
+    model = calibrate(stage0)
+    assert model.think_time_per_task == 1.0
+    assert 1.02 < model.requests_per_task < 1.12
+    assert model.think_time == pytest.approx(1.0 / model.requests_per_task)
+
+
+def test_model_reproduces_the_measured_throughput_at_low_load(stage0, stage4):
+    """Light load: X ≈ N / (Z + R), so the throughput is the think time's to get right."""
+    for results in (stage0, stage4):
+        model = calibrate(results)
+        for step, point in zip(results["steps"], model.curve([s["users"] for s in results["steps"]]), strict=True):
+            assert point.throughput == pytest.approx(step["total"]["rps"], rel=0.05)
+            assert point.throughput == pytest.approx(step["users"] / (model.think_time + point.response_time))
+            assert not point.capped
+
+
+def test_response_time_below_the_budget_is_full_speed_plus_latency(stage0):
+    """A CFS quota lets a node burst: below its budget a request costs D, not D / b."""
+    model = calibrate(stage0)
+    light = model.curve([1])[0]
+    assert light.response_time == pytest.approx(model.latency + model.total_demand, rel=0.01)
+    assert light.response_time < sum(s.demand / s.budget for s in model.stations)
+
+
+def test_saturation_is_the_smallest_budget_cap(stage0_knee):
+    model = calibrate(stage0_knee)
+    # The fit leaves out the steps where the app server was at 90% of its budget or more.
+    assert model.steps_used == (300, 550)
+    app = model.station("app")
+    assert model.caps()[0].name == "app"
+    assert model.max_throughput == pytest.approx(app.budget / app.demand)
+    far = model.curve([5000])[0]
+    assert far.capped and far.throughput == pytest.approx(model.max_throughput)
+    assert far.response_time == pytest.approx(5000 / model.max_throughput - model.think_time)
+    assert far.bottleneck == "app" and far.bottleneck_utilization == pytest.approx(1.0)
+
+
+def test_unbudgeted_runs_are_capped_by_the_machine_and_single_processes(stage0):
+    results = copy.deepcopy(stage0)
+    results["machine"]["budgets_enforced"] = False
+    model = calibrate(results)
+    assert model.station("app").budget == 1.0  # one uvicorn process: one core at most
+    assert model.station("primary").budget is None
+    assert any("not enforced" in note for note in model.notes)
+    assert {cap.name for cap in model.caps()} >= {"app", "machine", "load generator"}
+
+
+def test_network_is_loadable_and_states_budgets_as_slower_servers(stage4):
+    model = calibrate(stage4)
+    document = json.loads(json.dumps(model.network_dict()))
+    network = network_from_dict(document)
+    demands = network.demands()
+    app = model.station("app")
+    assert demands["app"] == pytest.approx(app.demand / app.budget)
+    assert demands["latency"] == pytest.approx(model.latency)
+    assert network.station("replicas").copies == 2 and network.station("app").servers == 3
+
+
+def test_bad_results_raise_model_errors(stage0):
+    with pytest.raises(ModelError, match="no step"):
+        calibrate({"steps": []})
+    with pytest.raises(ModelError, match="step"):
+        calibrate(stage0, step=7)
+    broken = copy.deepcopy(stage0)
+    del broken["scenario"]["workload"]["think_time"]
+    with pytest.raises(ModelError, match="think_time"):
+        calibrate(broken)
+
+
+# --------------------------------------------------------------------------------------------
+# Against the measurement
+# --------------------------------------------------------------------------------------------
+
+
+def test_compare_with_measurement_has_what_the_report_reads(stage4):
+    section = compare_with_measurement(stage4)
+    assert set(section) == {"note", "curve", "steps", "accuracy", "network"}
+    assert isinstance(section["note"], str) and "balancer" in section["note"]
+    curve = section["curve"]
+    assert set(curve) == {"users", "throughput", "response_time"}
+    assert curve["users"][0] == 1 and curve["users"][-1] >= 1.5 * 30
+    assert len(curve["users"]) == len(curve["throughput"]) == len(curve["response_time"])
+    assert all(0 < r < 1 for r in curve["response_time"])  # seconds
+    keys = {"users", "measured_rps", "model_rps", "rps_error", "measured_mean_ms", "model_mean_ms", "mean_error",
+            "bottleneck_utilization"}
+    assert [row["users"] for row in section["steps"]] == [10, 30]
+    for row, step in zip(section["steps"], stage4["steps"], strict=True):
+        assert keys <= set(row)
+        assert row["measured_rps"] == step["total"]["rps"]
+        assert row["rps_error"] == pytest.approx((row["model_rps"] - row["measured_rps"]) / row["measured_rps"])
+        assert row["mean_error"] == pytest.approx((row["model_mean_ms"] - row["measured_mean_ms"])
+                                                  / row["measured_mean_ms"])
+    accuracy = section["accuracy"]
+    assert accuracy["max_abs_rps_error"] <= 0.05
+    assert accuracy["saturation"]["measured"] is False
+    network_from_dict(section["network"])
+    json.dumps(section, allow_nan=False)  # it goes into results.json
+
+
+def test_measured_saturation_is_predicted_from_the_steps_below_it(stage0_knee):
+    accuracy = compare_with_measurement(stage0_knee)["accuracy"]
+    saturation = accuracy["saturation"]
+    assert saturation["measured"] is True
+    assert abs(saturation["max_rps_error"]) <= 0.10
+    assert abs(saturation["knee_error"]) <= 0.10
+    assert accuracy["max_abs_rps_error"] <= 0.05
+
+
+def test_a_run_without_node_cpu_gives_a_note_not_an_error(stage0):
+    results = copy.deepcopy(stage0)
+    for step in results["steps"]:
+        step["nodes"] = {}
+    section = compare_with_measurement(results)
+    assert section["steps"] == [] and section["curve"] is None and "No model" in section["note"]
+
+
+# --------------------------------------------------------------------------------------------
+# What if, from a run
+# --------------------------------------------------------------------------------------------
+
+
+def test_what_if_scales_nodes_that_keep_their_budgets(stage4):
+    answer = what_if_from_run(stage4, users=[100, 20_000], app_servers=40, replicas=6)
+    app = answer.model.station("app")
+    assert (app.servers, app.budget) == (40, answer.measured.station("app").budget)
+    assert answer.model.station("replicas").copies == 6
+    assert app.background == pytest.approx(answer.measured.station("app").background * 40 / 3)
+    assert not answer.model.on_one_machine and "machine" not in {c.name for c in answer.model.caps()}
+    assert answer.points[-1].capped and answer.points[-1].bottleneck == answer.model.caps()[0].name
+    assert answer.upgrade is not None and answer.upgrade.station == answer.points[-1].bottleneck
+
+
+def _run_folder(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(DATA / f"results_{name}.json", folder / "results.json")
+    return folder
+
+
+def test_whatif_command_prints_a_curve_and_writes_a_plot(tmp_path):
+    run = _run_folder(tmp_path, "stage4_quick")
+    plot = tmp_path / "curve.png"
+    result = CliRunner().invoke(model_command, ["stage4", "--from", str(run), "--app-servers", "40",
+                                                "--replicas", "6", "--users", "100..20000", "-o", str(plot)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("stage4: calibrated from")
+    assert "app 3 -> 40" in lines[1] and "replicas 2 -> 6" in lines[1]
+    assert any(line.split()[:1] == ["20000"] for line in lines)
+    assert any(line.startswith("bottleneck: ") for line in lines)
+    assert any(line.startswith("max throughput: ") for line in lines)
+    assert any(line.startswith("add next: ") for line in lines)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_whatif_subcommand_and_json(tmp_path):
+    run = _run_folder(tmp_path, "stage0_quick")
+    result = CliRunner().invoke(model_command, ["whatif", "stage0", "--from", str(run), "--users", "10,100,1000",
+                                                "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert [p["users"] for p in document["curve"]] == [10, 100, 1000]
+    assert document["curve"][-1]["bottleneck"] == "app" and document["curve"][-1]["capped"]
+    assert math.isclose(document["max_throughput"], document["curve"][-1]["throughput"])
+    network_from_dict(document["network"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stage4", "--from", "/nonexistent/run", "--users", "10"], "no such results file"),
+    (["stage4", "--users", "10"], "needs --from"),
+    (["stage9", "--from", "/nonexistent/run", "--users", "10"], "No such command"),
+])
+def test_bad_input_is_one_line(args, message):
+    result = CliRunner().invoke(model_command, args)
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_bad_from_folder_content_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("{not json")
+    result = CliRunner().invoke(model_command, ["stage4", "--from", str(run), "--users", "10"])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "not a readable results file" in result.output
+
+
+def test_scale_for_a_run_accepts_app_and_replicas_only(tmp_path):
+    run = _run_folder(tmp_path, "stage4_quick")
+    ok = CliRunner().invoke(model_command, ["stage4", "--from", str(run), "--scale", "app=6", "--users", "50"])
+    assert ok.exit_code == 0 and "app 3 -> 6" in ok.output
+    bad = CliRunner().invoke(model_command, ["stage4", "--from", str(run), "--scale", "primary=2", "--users", "50"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
