@@ -280,6 +280,12 @@ class PostgresCluster:
     def url_for(self, database: str) -> str:
         return self.primary.url_for(database)
 
+    def settle(self, database: str = DATABASE) -> None:
+        """Vacuum, analyze and checkpoint after bulk loading, so that autovacuum's reaction to the seed
+        data does not land in the first measured minute (and replicas copy a settled database)."""
+        self._psql_like(self.primary, "VACUUM (ANALYZE)", database=database)
+        self._psql_like(self.primary, "CHECKPOINT", database=database)
+
     def create_database(self, name: str) -> str:
         """A fresh database on the primary (tests use one per module); returns its URL."""
         self._psql_like(self.primary, f'CREATE DATABASE "{name}"')

@@ -152,6 +152,7 @@ class LocalDeployment:
         self.progress(f"seeding {data.users} users, {data.books} books, {data.users * data.rentals_per_user} rentals")
         seed_database(primary.url, users=data.users, authors=data.authors, books=data.books,
                       rentals_per_user=data.rentals_per_user, seed=data.seed)
+        self.cluster.settle()
         self._timed("seed_seconds", started)
         started = time.monotonic()
         for index in range(1, spec.replicas.count + 1):
