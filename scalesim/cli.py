@@ -89,9 +89,13 @@ def main() -> None:
 @runs_dir_option
 @click.option("--quick", is_flag=True, help="Short load profile (CI, smoke checks).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--target", metavar="URL", default=None,
+              help="Drive an existing deployment (seeded with the scenario's data) instead of starting one.")
+@click.option("--locust-workers", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Locust's distributed mode: a master plus this many worker processes.")
 @friendly_errors
 def run(stage: str, components: str, app_servers: int | None, replicas: int | None, no_budgets: bool,
-        runs_dir: Path, quick: bool, quiet: bool) -> None:
+        runs_dir: Path, quick: bool, quiet: bool, target: str | None, locust_workers: int) -> None:
     """Bring STAGE up on real servers, load it with Locust, measure, report, tear down.
 
     STAGE is a stage name (stage0..stage5), a scenario file, or `all` (every stage in turn, then a
@@ -101,22 +105,34 @@ def run(stage: str, components: str, app_servers: int | None, replicas: int | No
     from scalesim.topology import bundled_stages
 
     settings = _settings(components, no_budgets)
+    if target is not None:
+        _check_target(target)
+        if stage == "all":
+            raise ScalesimError("--target drives one deployment: give its stage, not `all`")
     if stage != "all":
         _run_one(stage, app_servers=app_servers, replicas=replicas, settings=settings, runs_dir=runs_dir,
-                 quick=quick, quiet=quiet)
+                 quick=quick, quiet=quiet, target=target, locust_workers=locust_workers)
         return
     from scalesim.deploy.local import new_run_id
 
     group_dir = runs_dir / new_run_id("all")
     group_dir.mkdir(parents=True)
     runs = [_run_one(name, app_servers=app_servers, replicas=replicas, settings=settings, runs_dir=group_dir,
-                     quick=quick, quiet=quiet) for name in bundled_stages()]
+                     quick=quick, quiet=quiet, locust_workers=locust_workers) for name in bundled_stages()]
     html, markdown = comparison_report(runs, group_dir)
     click.echo(f"comparison: {html}  {markdown}")
 
 
+def _check_target(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ScalesimError(f"--target must be an http(s) URL like http://127.0.0.1:8080, got {url!r}")
+
+
 def _run_one(stage: str, *, app_servers: int | None, replicas: int | None, settings: Any, runs_dir: Path,
-             quick: bool, quiet: bool) -> dict[str, Any]:
+             quick: bool, quiet: bool, target: str | None = None, locust_workers: int = 0) -> dict[str, Any]:
     from scalesim.report.build import run_report
     from scalesim.report.console import LiveProgress, summary_table
     from scalesim.runner import Run
@@ -127,7 +143,7 @@ def _run_one(stage: str, *, app_servers: int | None, replicas: int | None, setti
     live = LiveProgress(scenario=scenario.name, quiet=quiet)
     progress(f"run folder {run_dir}")
     the_run = Run(scenario=scenario, run_dir=run_dir, quick=quick, settings=settings, progress=progress,
-                  on_load_event=live.handle)
+                  on_load_event=live.handle, target=target, locust_workers=locust_workers)
     try:
         results = the_run.execute()
     finally:
@@ -201,7 +217,9 @@ def up(stage: str, components: str, app_servers: int | None, replicas: int | Non
 
 
 def _active_run_dir(runs_dir: Path) -> Path | None:
-    from scalesim.deploy.local import STATE_FILE, node_health, read_state
+    """The run folder of the deployment `scalesim up` left running (even if its nodes have died since:
+    `down` still tidies it)."""
+    from scalesim.deploy.local import STATE_FILE
 
     marker = runs_dir / ACTIVE_FILE
     if not marker.exists():
@@ -210,9 +228,6 @@ def _active_run_dir(runs_dir: Path) -> Path | None:
     if not (run_dir / STATE_FILE).exists():
         marker.unlink()
         return None
-    state = read_state(run_dir)
-    if all(node_health(node) == "down" for node in state.get("nodes", [])):
-        return run_dir  # nothing running, but leave it for `down` to tidy
     return run_dir
 
 

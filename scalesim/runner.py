@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalesim.deploy.local import DeploymentSettings, LocalDeployment
+from scalesim.deploy.local import DeploymentSettings, LocalDeployment, Node
 from scalesim.errors import ScalesimError
 from scalesim.measure.counters import app_stats, database_snapshot, numeric_delta, sum_counters
 from scalesim.model.accuracy import compare_with_measurement
@@ -58,25 +58,33 @@ class Run:
     settings: DeploymentSettings = field(default_factory=DeploymentSettings)
     progress: Callable[[str], None] = field(default=lambda message: None)
     on_load_event: EventHandler | None = None
-    deployment: LocalDeployment = field(init=False)
+    # An existing deployment to drive instead of starting one (compose, Kubernetes, anything seeded
+    # with the scenario's data): only what the load generator sees is measured then.
+    target: str | None = None
+    locust_workers: int = 0
+    deployment: LocalDeployment | None = field(init=False)
     steps: list[dict[str, Any]] = field(default_factory=list, init=False)
     loadgen_files: dict[str, str] = field(default_factory=dict, init=False)
     _window_start: Snapshot | None = field(default=None, init=False)
     _lag_samples: list[dict[str, Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.deployment = LocalDeployment(scenario=self.scenario, run_dir=self.run_dir, settings=self.settings,
-                                          progress=self.progress)
+        self.deployment = None if self.target else LocalDeployment(
+            scenario=self.scenario, run_dir=self.run_dir, settings=self.settings, progress=self.progress)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self.deployment.nodes if self.deployment is not None else []
 
     @property
     def profile(self) -> LoadProfile:
         return self.scenario.profile(quick=self.quick)
 
     def snapshot(self) -> Snapshot:
-        nodes = self.deployment.nodes
+        nodes = self.nodes
         apps = {node.name: app_stats(node.url) for node in nodes if node.role == "app" and node.url}
         databases = {node.name: node.url for node in nodes if node.role in ("primary", "replica") and node.url}
-        return Snapshot(at=time.monotonic(), cpu=self.deployment.cpu_seconds(), apps=apps,
+        return Snapshot(at=time.monotonic(), cpu={node.name: node.cpu_seconds() for node in nodes}, apps=apps,
                         database=database_snapshot(databases, primary="primary"))
 
     def handle_event(self, event: dict[str, Any]) -> None:
@@ -84,8 +92,8 @@ class Run:
         if kind == "measure_start":
             self._window_start = self.snapshot()
             self._lag_samples = []
-        elif kind == "progress" and self._window_start is not None and self.deployment.cluster is not None \
-                and self.deployment.cluster.replicas:
+        elif kind == "progress" and self._window_start is not None and self.deployment is not None \
+                and self.deployment.cluster is not None and self.deployment.cluster.replicas:
             # About once a second while measuring: how far behind the primary each replica is.
             primary = self.deployment.cluster.primary
             self._lag_samples += database_snapshot({"primary": primary.url}, primary="primary")["replication"]
@@ -98,7 +106,7 @@ class Run:
     def step_record(self, event: dict[str, Any], start: Snapshot, end: Snapshot) -> dict[str, Any]:
         window = max(end.at - start.at, 1e-9)
         nodes = {}
-        for node in self.deployment.nodes:
+        for node in self.nodes:
             cpu = end.cpu.get(node.name, 0.0) - start.cpu.get(node.name, 0.0)
             cores = cpu / window
             nodes[node.name] = {
@@ -135,18 +143,20 @@ class Run:
         started_at = time.time()
         with terminate_as_interrupt():
             try:
-                self.deployment.up()
-                self.progress(f"{self.scenario.name} is up in {self.deployment.timings['up_seconds']:.1f} s "
-                              f"at {self.deployment.entry_url}")
-                load = run_load(host=self.deployment.entry_url, workload=self.scenario.workload.to_dict(),
-                                load=self.profile.to_dict(),
+                if self.deployment is not None:
+                    self.deployment.up()
+                    self.progress(f"{self.scenario.name} is up in {self.deployment.timings['up_seconds']:.1f} s "
+                                  f"at {self.deployment.entry_url}")
+                host = self.deployment.entry_url if self.deployment is not None else str(self.target)
+                load = run_load(host=host, workload=self.scenario.workload.to_dict(), load=self.profile.to_dict(),
                                 seeded_users=self.scenario.data.users, out_dir=self.run_dir / "locust",
-                                on_event=self.handle_event)
+                                on_event=self.handle_event, locust_workers=self.locust_workers)
                 self.loadgen_files = {key: str(value) for key, value in getattr(load, "files", {}).items()}
                 facts = self.facts()
             finally:
-                self.progress("stopping every node")
-                self.deployment.down()
+                if self.deployment is not None:
+                    self.progress("stopping every node")
+                    self.deployment.down()
         if not self.steps:
             raise ScalesimError("the load generator finished without measuring a single step "
                                 f"(see {self.run_dir / 'locust'})")
@@ -156,6 +166,9 @@ class Run:
         return results
 
     def facts(self) -> dict[str, Any]:
+        if self.deployment is None:
+            return {**machine_facts(), "budgets_enforced": False, "components": "remote",
+                    "budgets_note": f"remote target {self.target}: no local node metrics exist", "versions": {}}
         return {
             **machine_facts(),
             "budgets_enforced": self.deployment.budgets.enforced,
@@ -168,7 +181,7 @@ class Run:
         scenario = self.scenario
         profile = self.profile
         return {
-            "run_id": self.deployment.run_id,
+            "run_id": self.run_dir.name,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "scenario": {
@@ -182,9 +195,11 @@ class Run:
             },
             "profile": {"name": "quick" if self.quick else "full", **profile.to_dict()},
             "machine": facts,
-            "deployment": {"timings": {k: round(v, 3) for k, v in self.deployment.timings.items()},
+            "deployment": {"target": self.target, "locust_workers": self.locust_workers,
+                           "timings": {k: round(v, 3) for k, v in (self.deployment.timings if self.deployment
+                                                                    else {}).items()},
                            "nodes": [{"name": n.name, "role": n.role, "cpu_budget": n.cpu_budget, "pid": n.process.pid}
-                                     for n in self.deployment.nodes]},
+                                     for n in self.nodes]},
             "loadgen_files": self.loadgen_files,
             "steps": self.steps,
             "summary": summarize(self.steps, objective_p95_ms=scenario.workload.objective_p95_ms),

@@ -54,7 +54,7 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
         ("Errors", f"{sum(s['total'].get('failures', 0) for s in results['steps'])}",
          f"of {sum(s['total'].get('requests', 0) for s in results['steps'])} requests"),
     ])
-    if not facts.get("budgets_enforced"):
+    if not facts.get("budgets_enforced") and facts.get("components") != "remote":
         report.text(f"CPU budgets were not enforced ({facts.get('budgets_note')}): nodes shared the machine's "
                     "cores freely, so utilization is shown in cores, not against a budget.", css="warn")
     report.heading("Capacity curve")
@@ -85,8 +85,12 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
                    _fmt(e.get("p95_ms")), _fmt(e.get("p99_ms")), f"{_error_rate(e) * 100:.2f}%"]
                   for e in sorted(peak.get("endpoints", []), key=lambda e: -e["requests"])])
     report.heading("Per-node CPU")
-    report.image(plots.node_utilization(results, run_dir / "nodes.png"), alt="utilization per node")
     names = list(results["steps"][0]["nodes"])
+    if not names:
+        report.text(f"No local node metrics exist: {facts.get('budgets_note')}. Latency and throughput are as the "
+                    "load generator measured them.", css="warn")
+        return report.write(run_dir)
+    report.image(plots.node_utilization(results, run_dir / "nodes.png"), alt="utilization per node")
     report.table(["users", *names, "load generator"],
                  [[step["users"], *[_node_cell(step["nodes"][name]) for name in names],
                    f"{_fmt(step.get('loadgen_cpu_seconds'), 2)} s"] for step in results["steps"]])

@@ -200,9 +200,12 @@ def test_load_config_from_the_stage0_scenario() -> None:
     assert cfg.integer_mix() == {k: int(v) for k, v in spec["workload"]["mix"].items()}
     assert LoadConfig.from_env({ENV_VAR: cfg.to_json()}) == cfg
     assert LoadConfig.from_env({}) == LoadConfig()
-    full = LoadConfig.from_scenario(workload=spec["workload"], load=spec["load"], seeded_users=1000)
-    # five windows of 40 s, five warm-ups of 8 s, ramps at 20 users/s on a 1 s tick
-    assert 240 <= full.expected_duration_s() <= 260
+    load = spec["load"]
+    full = LoadConfig.from_scenario(workload=spec["workload"], load=load, seeded_users=1000)
+    # every step's window and warm-up, plus ramps at the spawn rate on a 1 s tick
+    held = len(load["steps"]) * (load["step_seconds"] + load["warmup_seconds"])
+    ramps = sum(abs(b - a) for a, b in zip([0, *load["steps"]], load["steps"], strict=False)) / load["spawn_rate"]
+    assert held <= full.expected_duration_s() <= held + ramps + 2 * len(load["steps"]) + 5
 
 
 def test_load_config_rejects_nonsense() -> None:
