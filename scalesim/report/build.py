@@ -109,6 +109,13 @@ def _bottleneck_cell(verdict: dict[str, Any]) -> str:
     return f"{verdict.get('bottleneck') or '-'}{share}"
 
 
+def _model_cells(run: dict[str, Any]) -> list[str]:
+    accuracy = (run.get("model") or {}).get("accuracy") or {}
+    saturation = accuracy.get("saturation") or {}
+    error = accuracy.get("max_abs_rps_error")
+    return [_fmt(saturation.get("model_max_rps"), 0), f"{error * 100:.1f}%" if error is not None else "-"]
+
+
 def _node_cell(node: dict[str, Any]) -> str:
     share = f" ({node['utilization'] * 100:.0f}%)" if node.get("utilization") is not None else ""
     return f"{node['cpu_seconds']:.2f} s{share}"
@@ -137,8 +144,12 @@ def comparison_report(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, 
                      f"{value / base:.2f}x" if base else "-", summary.get("users_at_max") or "-",
                      summary.get("bottleneck_at_max") or "-", f"{peak['total']['rps']:.0f}",
                      _fmt(peak["total"].get("p95_ms")), f"{max(hits) * 100:.0f}%" if hits else "-",
-                     _fmt(max(lags), 2) if lags else "-",
+                     _fmt(max(lags), 2) if lags else "-", *_model_cells(run),
                      "yes" if run["machine"].get("budgets_enforced") else "no", run["run_id"]])
     report.table(["stage", "", "req/s within objective", "ratio", "users", "bottleneck", "peak req/s",
-                  "p95 at peak ms", "cache hits", "repl. lag ms", "budgets", "run"], rows)
+                  "p95 at peak ms", "cache hits", "repl. lag ms", "model max req/s", "model error < 80%",
+                  "budgets", "run"], rows)
+    report.text("Model columns: the capacity model calibrated from each run predicts its maximum throughput; "
+                "the error is the largest throughput error at the steps below 80% of the bottleneck's budget.",
+                css="note")
     return report.write(out_dir)
