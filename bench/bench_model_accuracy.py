@@ -47,9 +47,12 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
           f"demands fitted on steps {list(model.steps_used)}")
     for station in model.stations:
         budget = f"{station.budget:g}" if station.budget is not None else "-"
+        saturated = ("" if station.saturated_demand is None else
+                     f"  saturated D {station.saturated_demand * 1000:6.3f} ms (q/node "
+                     + ", ".join(f"{q:.1f}" for q, _ in station.saturation_points) + ")")
         print(f"  {station.name:9s} nodes {station.node_count}  budget {budget:>5s} core  "
               f"D {station.demand * 1000:7.3f} ms  background {station.background:6.3f} core  "
-              f"cap {station.cap:8.1f}/s")
+              f"cap {station.onset_cap:8.1f}/s .. {station.cap:8.1f}/s{saturated}")
     if model.load_generator is not None:
         print(f"  {'locust':9s} D {model.load_generator.demand * 1000:7.3f} ms  "
               f"background {model.load_generator.background:6.3f} core  cap {model.load_generator.cap:8.1f}/s")
@@ -79,6 +82,11 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
               f"{saturation['model_bottleneck']}); knee {saturation['measured_knee_users']:.0f} users measured, "
               f"{saturation['model_knee_users']:.0f} model ({_pct(saturation['knee_error'])}): "
               f"{_verdict(saturation['within_target'])}")
+        predicted = saturation.get("predicted_from_unsaturated")
+        if predicted and predicted.get("max_rps_error") is not None:
+            print(f"  predicted from the steps below 90% only (constant demands, steps {predicted['steps_used']}): "
+                  f"{predicted['model_max_rps']:.0f} req/s ({_pct(predicted['max_rps_error'])}, "
+                  f"{predicted['model_bottleneck']})")
     elif saturation["model_max_rps"] is not None:
         print(f"saturation: not reached in this run; model {saturation['model_max_rps']:.0f} req/s "
               f"({saturation['model_bottleneck']}), knee near {saturation['model_knee_users']:.0f} users")

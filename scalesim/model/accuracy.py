@@ -63,7 +63,7 @@ def compare_with_measurement(results: Mapping[str, Any]) -> dict[str, Any]:
     users = [max(int(s.get("users") or 1), 1) for s in steps]
     points = model.curve(users)
     rows = [_step_row(step, point) for step, point in zip(steps, points, strict=True)]
-    accuracy = _accuracy(model, steps, rows)
+    accuracy = _accuracy(model, steps, rows, results)
     return {
         "note": _note(model, accuracy),
         "curve": _curve(model, max(users, default=1)),
@@ -117,7 +117,7 @@ def _curve(model: CalibratedModel, largest_step: int) -> dict[str, list[float]]:
 
 
 def _accuracy(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
-              rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+              rows: Sequence[Mapping[str, Any]], results: Mapping[str, Any] | None = None) -> dict[str, Any]:
     below = [r for r in rows if r["bottleneck_utilization"] is not None
              and r["bottleneck_utilization"] < ACCURACY_UTILIZATION]
     if not any(r["bottleneck_utilization"] is not None for r in rows):
@@ -125,7 +125,7 @@ def _accuracy(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
     rps_below = _max_abs(r["rps_error"] for r in below)
     mean_below = _max_abs(r["mean_error"] for r in below)
     rps_all = _max_abs(r["rps_error"] for r in rows)
-    saturation = _saturation(model, steps, rows)
+    saturation = _saturation(model, steps, rows, results)
     meets = {
         "throughput": None if rps_below is None else rps_below <= TARGETS["throughput"],
         "throughput_everywhere": None if rps_all is None else rps_all <= TARGETS["throughput_everywhere"],
@@ -152,12 +152,22 @@ def _max_abs(values: Any) -> float | None:
 
 
 def _saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
-                rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+                rows: Sequence[Mapping[str, Any]], results: Mapping[str, Any] | None = None) -> dict[str, Any]:
     caps = model.caps()
+    light_cycle = model.think_time + model.latency + model.total_demand
+    # The model's saturation over the measured range: its largest throughput at the measured
+    # steps' users (with load-dependent demands the saturated throughput still grows with N).
+    in_range = max(rows, key=lambda r: r["model_rps"]) if rows else None
+    model_max = in_range["model_rps"] if in_range is not None and caps else None
+    predicted = _predicted_saturation(results, rows) if results is not None else None
     out: dict[str, Any] = {
-        "model_max_rps": caps[0].throughput if caps else None,
-        "model_bottleneck": caps[0].name if caps else None,
-        "model_knee_users": model.knee_users if caps else None,
+        "model_max_rps": model_max,
+        "model_bottleneck": (in_range["model_bottleneck"] if in_range is not None else None) if caps else None,
+        "model_knee_users": model_max * light_cycle if model_max is not None else None,
+        "model_cap_rps": caps[0].throughput if caps else None,
+        "model_cap_bottleneck": caps[0].name if caps else None,
+        "saturation_steps": list(model.saturation_steps),
+        "predicted_from_unsaturated": predicted,
         "measured": False,
         "measured_max_rps": None,
         "measured_knee_users": None,
@@ -166,7 +176,10 @@ def _saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
         "within_target": None,
     }
     saturated = [r for r in rows if (r["bottleneck_utilization"] or 0.0) >= SATURATION_UTILIZATION]
-    if not saturated or not caps:
+    if not saturated or not caps or model_max is None:
+        # Not reached: the model's saturation is its cap (the most its bottleneck carries).
+        out.update({"model_max_rps": out["model_cap_rps"], "model_bottleneck": out["model_cap_bottleneck"],
+                    "model_knee_users": model.knee_users if caps else None})
         return out
     light = [r for r in rows if (r["bottleneck_utilization"] or 0.0) < ACCURACY_UTILIZATION] or [rows[0]]
     light_requests = {id(r): float(s["total"]["requests"]) for r, s in zip(rows, steps, strict=True)}
@@ -174,8 +187,10 @@ def _saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
     light_mean = sum(light_requests[id(r)] * r["measured_mean_ms"] for r in light) / weight / 1000
     measured_max = max(r["measured_rps"] for r in rows)
     measured_knee = measured_max * (model.think_time + light_mean)
-    rps_error = _error(caps[0].throughput, measured_max)
-    knee_error = _error(model.knee_users, measured_knee)
+    rps_error = _error(model_max, measured_max)
+    knee_error = _error(model_max * light_cycle, measured_knee)
+    if predicted is not None and predicted.get("model_max_rps") is not None:
+        predicted["max_rps_error"] = _error(predicted["model_max_rps"], measured_max)
     out.update({
         "measured": True,
         "measured_max_rps": measured_max,
@@ -188,6 +203,25 @@ def _saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]],
     return out
 
 
+def _predicted_saturation(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The saturation predicted from the steps below 90% of every budget alone (constant demands).
+
+    What a run that stopped before saturating (the quick profile) would have predicted: the
+    honest out-of-sample figure, next to the in-sample one that uses the saturated steps.
+    """
+    try:
+        model = calibrate(results, use_saturated=False)
+    except ModelError:
+        return None
+    if not model.caps() or not rows:
+        return None
+    points = model.curve([max(int(r["users"]), 1) for r in rows])
+    best = max(points, key=lambda p: p.throughput)
+    return {"model_max_rps": best.throughput, "model_bottleneck": best.bottleneck,
+            "model_cap_rps": model.max_throughput, "steps_used": list(model.steps_used),
+            "max_rps_error": None}
+
+
 def _note(model: CalibratedModel, accuracy: Mapping[str, Any]) -> str:
     caps = model.caps()
     parts = [
@@ -195,11 +229,20 @@ def _note(model: CalibratedModel, accuracy: Mapping[str, Any]) -> str:
         f"request ({model.think_time_per_task:g} s per task, {model.requests_per_task:.3f} requests per task), "
         f"{model.latency * 1000:.2f} ms latency off-CPU, demands per request "
         + ", ".join(f"{s.name} {s.demand * 1000:.3f} ms" for s in model.stations)
-        + " (CPU seconds; background CPU fitted out). Below the CPU budgets requests run at full speed "
-          "(CFS quotas allow bursts); the throughput stops at the smallest cap"
+        + " (CPU seconds at light load; background CPU fitted out). Below the CPU budgets requests run at "
+          "full speed (CFS quotas allow bursts); at a budget the throughput is what the budget buys at the CPU "
+          "per request measured with the queue the station then holds"
     ]
+    load_dependent = [s for s in model.stations if s.saturated_demand is not None]
+    if load_dependent:
+        parts[-1] += " (" + ", ".join(
+            f"{s.name} {s.onset_demand * 1000:.3f} ms with no queue to {s.deep_demand * 1000:.3f} ms with a "
+            "deep one" for s in load_dependent) + f", fitted on the saturated steps {list(model.saturation_steps)})"
+    else:
+        parts[-1] += " (no step saturated a budget, so the light-load demands are taken as constant: a pessimistic "
+        "cap for app servers, which get cheaper per request with a queue)"
     if caps:
-        parts[-1] += f": {caps[0].name} at {caps[0].throughput:.0f} req/s ({caps[0].why})."
+        parts[-1] += f"; the smallest cap is {caps[0].name} at {caps[0].throughput:.0f} req/s ({caps[0].why})."
     else:
         parts[-1] += "."
     if accuracy.get("max_abs_rps_error") is not None:
@@ -212,6 +255,10 @@ def _note(model: CalibratedModel, accuracy: Mapping[str, Any]) -> str:
                      f"{saturation['model_max_rps']:.0f} req/s ({saturation['max_rps_error']:+.1%}); knee at "
                      f"{saturation['measured_knee_users']:.0f} users measured, {saturation['model_knee_users']:.0f} "
                      "predicted.")
+        predicted = saturation.get("predicted_from_unsaturated") or {}
+        if predicted.get("max_rps_error") is not None:
+            parts.append(f"From the steps below 90% of every budget alone (constant demands) the model would have "
+                         f"predicted {predicted['model_max_rps']:.0f} req/s ({predicted['max_rps_error']:+.1%}).")
     elif saturation.get("model_max_rps") is not None:
         parts.append(f"The run did not reach saturation; the model puts it at "
                      f"{saturation['model_max_rps']:.0f} req/s (knee near {saturation['model_knee_users']:.0f} users).")

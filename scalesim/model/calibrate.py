@@ -11,9 +11,10 @@ Background CPU
     per node, ``cores_used = background + D × throughput`` (least squares weighted by each step's
     requests, so the better-measured busy steps count more): the slope is the demand per request,
     the intercept the background. Steps where some budgeted node was at 90% of its budget or more
-    are left out of the fit when at least two other steps remain: throttled and overloaded servers
-    batch their work and get cheaper per request, and the point of the model is to *predict* the
-    saturation from the steps below it. A fit that makes no physical sense (a negative slope, or a
+    are left out of this light-load fit when at least two other steps remain: throttled and
+    overloaded servers batch their work and get cheaper per request (or dearer), which the saturated
+    demand below describes. The throughput is counted over Locust's window and the CPU over the
+    snapshot window (they differ by up to a few percent under load). A fit that makes no physical sense (a negative slope, or a
     negative background) falls back to the plain ratio over the steps used. With ``step=i`` only
     that step is used, with the plain ratio (background included, so demands are upper bounds).
 
@@ -37,16 +38,35 @@ CPU budgets, and why a budgeted node is not a slower processor
 
     * below the budgets, an exact MVA of the network at *full speed* (demands in CPU seconds), plus
       a fixed ``latency`` (see below);
-    * the throughput can never exceed the smallest *cap*: a station's budget ``nodes × b / D`` (the
-      background is an idle server's overhead, shed once it is saturated: see ``cap``), the
-      load generator's core (one Locust process: ``1 / L``), and the machine's cores shared by
-      everything (``(cores - background) / (Σ D + L)``). Above the cap, X = cap and the response
-      time follows from the response time law, R = N / X − Z: the users queue at the bottleneck.
+    * the throughput can never exceed the smallest *cap*: what a station's budget buys, ``nodes × b
+      / D(q)`` with D(q) its CPU per request when q requests per node are queued at it (see
+      "Load-dependent demand"), the load generator's core (one Locust process: ``1 / L``), and the
+      machine's cores shared by everything (``(cores - background) / (Σ D + L)``). At the cap the
+      response time follows from the response time law, R = N / X − Z: the users queue at the
+      bottleneck.
 
     The network written for ``network.py`` (``CalibratedModel.network()``) states the budgets the
     classic way, each station's demand in seconds of its budget (``D / b``): its bounds, knee and
     "what to add next" are exactly the caps above, but an MVA of it overstates the response time
     below the knee (it has no bursts). Use ``curve`` for response times.
+
+Load-dependent demand
+    A saturated server does not cost what it cost at light load. An asyncio app server woken up with
+    many requests ready serves them in one loop iteration (one epoll_wait, fewer syscalls per
+    request, batched writes) and a node that never idles stops paying its background: stage3's
+    three app servers spent 1.14 ms per request below 80% of their budgets and 0.72 ms at 100% with
+    a deep queue, carrying 408 req/s where a constant demand said 263. PostgreSQL can get dearer
+    (more backends contending in a throttled group). Per station,
+    ``D(q) = D_sat + (D_b - D_sat) / (1 + q)``, q the requests per node at the station: ``D_b =
+    D × nb / (nb - background)`` is the cost at the budget before a queue forms (background still
+    paid), and the per-wake-up part beyond ``D_sat`` is shared by the 1 + q requests a wake-up finds.
+    ``D_sat`` is fitted (least squares, linear in it) on the steps where a node of the station was
+    the busiest on the request path at 90% of its budget or more, each giving d = cores / X and q by
+    Little's law, ``X × (R - latency - Σ_other D) / nodes``. A station never saturated keeps its
+    constant light-load demand (pessimistic for app servers). The model then solves
+    ``X = nb / D(q(X))`` with ``q(X) = (N - X (Z + latency + Σ_other D)) / nodes`` (everyone not
+    thinking or elsewhere waits at the saturated station): the saturated regime of the
+    load-dependent MVA with service rate ``μ(j) = nb / D(j / nodes)``.
 
 Think time
     Locust's users think ``between(min, max)`` after each *task*; most tasks send one request, but
@@ -105,6 +125,7 @@ QUOTA_PERIOD_S = 0.1
 
 #: A budgeted node at this share of its budget or more is saturated (left out of the demand fit).
 SATURATED_UTILIZATION = 0.9
+CONTENTION = True
 #: Steps whose busiest node is below this share of its budget calibrate the latency.
 LIGHT_UTILIZATION = 0.5
 
@@ -148,27 +169,91 @@ class StationCalibration:
     nodes: tuple[str, ...]
     servers: int
     copies: int
-    demand: float  # CPU seconds per request, all nodes together
+    demand: float  # CPU seconds per request, all nodes together, at light load (no queue)
     budget: float | None
     background: float  # cores, all nodes together
+    # CPU seconds per request deep in saturation (queue -> infinity), fitted on the steps where this
+    # station was the saturated bottleneck; None: no such step, the demand is taken as constant.
+    saturated_demand: float | None = None
+    saturation_points: tuple[tuple[float, float], ...] = ()  # (requests per node, CPU s per request)
+    # CPU seconds per request added by each request present per node (contention), and the largest
+    # queue per node measured: D(q) is held constant beyond it (no extrapolation past the evidence).
+    queue_cost: float = 0.0
+    queue_limit: float = math.inf
 
     @property
     def node_count(self) -> int:
         return self.servers * self.copies
 
     @property
-    def cap(self) -> float:
-        """Requests per second the station's budgets allow at most: ``nodes × b / D`` (inf without budget).
+    def deep_demand(self) -> float:
+        """CPU seconds per request with a deep queue: ``saturated_demand``, else the light-load demand."""
+        return self.demand if self.saturated_demand is None else self.saturated_demand
 
-        The fitted background is left out on purpose: it is mostly the cost of an idle server
-        (waking up for each request, polling), which a saturated server no longer pays. Measured:
-        stage0's app server and stage4's three, pushed past their budgets, carried 790 and 563 req/s
-        against caps of 797 and 560 predicted from the steps below 80%, where ``(nodes × b -
-        background) / D`` said 722 and 452.
+    @property
+    def onset_demand(self) -> float:
+        """CPU seconds per request of a node that just reaches its budget, before any queue forms.
+
+        Its budget then pays for the requests *and* the background: ``D_b = D_0 × nb / (nb - bg)``
+        (nb the station's cores, bg its background), i.e. the budget binds at ``(nb - bg) / D_0``.
+        Without a saturated step to say how the cost moves from there, the demand stays the
+        constant light-load ``D_0`` (background shed, no batching: the earlier calibration).
         """
-        if self.budget is None or self.demand <= 0:
+        if self.saturated_demand is None or self.budget is None:
+            return self.demand
+        budget = self.node_count * self.budget
+        return self.demand * budget / (budget - self.background) if self.background < budget else self.demand
+
+    def demand_at(self, queue: float) -> float:
+        """CPU seconds per request of the budget with ``queue`` requests per node present (waiting or in service).
+
+        ``D(q) = D_sat + (D_b - D_sat) / (1 + q)``: a node that wakes up to find 1 + q requests
+        shares the per-wake-up cost (epoll, syscalls, scheduling, the flush of its writes) among
+        them, and a node that never idles stops paying its idle background, so what the light-load
+        cost ``D_b`` (``onset_demand``) has beyond ``D_sat`` is divided by the batch; ``D_sat`` is
+        what a request costs on its own. ``D_sat > D_b`` (a server that gets *dearer* with load,
+        like PostgreSQL with many backends in a throttled group) uses the same form with the sign
+        reversed.
+        """
+        if self.saturated_demand is None:
+            return self.demand
+        onset = self.onset_demand
+        q = min(max(queue, 0.0), self.queue_limit)
+        return self.saturated_demand + (onset - self.saturated_demand) / (1.0 + q) + self.queue_cost * q
+
+    def best_queue(self) -> float:
+        """The queue per node at which D(q) is smallest (within the measured range)."""
+        if self.saturated_demand is None:
+            return 0.0
+        excess = self.onset_demand - self.saturated_demand
+        if excess <= 0:
+            return 0.0
+        if self.queue_cost <= 0:
+            return self.queue_limit
+        return min(max(math.sqrt(excess / self.queue_cost) - 1.0, 0.0), self.queue_limit)
+
+    def cap_at(self, queue: float) -> float:
+        """Requests per second the budgets allow with ``queue`` requests per node: ``nodes × b / D(q)``."""
+        demand = self.demand_at(queue)
+        if self.budget is None or demand <= 0:
             return math.inf
-        return self.node_count * self.budget / self.demand
+        return self.node_count * self.budget / demand
+
+    @property
+    def cap(self) -> float:
+        """Requests per second the station's budgets allow at most: ``nodes × b / D_sat`` (inf without budget).
+
+        ``D_sat`` is the CPU per request deep in saturation (``deep_demand``; the light-load demand
+        when the run never saturated this station), so this is what the station carries with a
+        long queue. The fitted background is left out on purpose: it is mostly the cost of an idle
+        server (waking up for each request, polling), which a saturated server no longer pays.
+        """
+        return self.cap_at(self.best_queue())
+
+    @property
+    def onset_cap(self) -> float:
+        """``nodes × b / D_0``: where the budget starts to bind (no queue yet)."""
+        return self.cap_at(0.0)
 
     def budget_utilization(self, throughput: float) -> float:
         """Share of the station's budget busy at this throughput, background included, at most 1."""
@@ -179,7 +264,9 @@ class StationCalibration:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "nodes": list(self.nodes), "servers": self.servers,
                 "copies": self.copies, "demand": self.demand, "budget": self.budget,
-                "background": self.background, "max_throughput": _finite(self.cap)}
+                "background": self.background, "saturated_demand": self.saturated_demand,
+                "saturation_points": [list(p) for p in self.saturation_points],
+                "max_throughput": _finite(self.cap), "onset_throughput": _finite(self.onset_cap)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +333,7 @@ class CalibratedModel:
     background_nodes: tuple[NodeDemand, ...] = ()  # workers: reported, not on the request path
     cache_hit_ratio: float | None = None
     steps_used: tuple[int, ...] = ()  # users of the steps the demands were fitted on
+    saturation_steps: tuple[int, ...] = ()  # users of the steps the saturated demands were fitted on
     latency_steps: tuple[int, ...] = ()  # users of the steps the latency was calibrated on
     notes: tuple[str, ...] = ()
 
@@ -264,7 +352,8 @@ class CalibratedModel:
     def caps(self) -> list[Cap]:
         """Every limit on throughput, smallest first."""
         caps = [Cap(name=s.name, throughput=s.cap,
-                    why=f"{s.node_count} x {s.budget:g} core / {s.demand * 1000:.3f} ms per request")
+                    why=f"{s.node_count} x {s.budget:g} core / {s.deep_demand * 1000:.3f} ms per request"
+                        + ("" if s.saturated_demand is None else " when saturated"))
                 for s in self.stations if s.budget is not None and s.demand > 0]
         if self.on_one_machine:
             loadgen = self.load_generator
@@ -309,7 +398,7 @@ class CalibratedModel:
             # Replicas grow by copies even when there is one of them; app servers by servers.
             scale_by: Literal["servers", "copies"] = "copies" if s.name == "replicas" else "servers"
             stations.append(Station(name=s.name, servers=s.servers, copies=s.copies, scale_by=scale_by))
-            per_visit = s.demand / s.budget if s.budget else s.demand
+            per_visit = s.deep_demand / s.budget if s.budget else s.deep_demand
             route.append(Visit(station=s.name, service_time=per_visit))
         if self.latency > 0:
             stations.append(Station(name="latency", kind="delay"))
@@ -344,25 +433,58 @@ class CalibratedModel:
         if any(n < 1 for n in wanted):
             raise ModelError("users: every user count must be at least 1")
         full_speed = mva_curve(self.full_speed_network(), max(wanted))
-        caps = self.caps()
-        cap = caps[0] if caps else None
+        fixed = [c for c in self.caps() if c.name in ("load generator", "machine")]
+        budgeted = [s for s in self.stations if s.budget is not None and s.demand > 0]
         points = []
         for n in wanted:
             throughput = float(full_speed.throughput[n])
             response = float(full_speed.response_time[n])
-            capped = cap is not None and throughput >= cap.throughput
-            if capped and cap is not None:
-                throughput = cap.throughput
+            limits = [(c.throughput, c.name) for c in fixed]
+            limits += [(self.station_throughput(s, n), s.name) for s in budgeted]
+            limit = min(limits) if limits else None
+            capped = limit is not None and throughput >= limit[0]
+            if capped and limit is not None:
+                throughput = limit[0]
                 response = n / throughput - self.think_time
             utilization = {s.name: s.budget_utilization(throughput) for s in self.stations if s.budget is not None}
-            if cap is not None:
-                bottleneck, share = cap.name, throughput / cap.throughput
+            if limit is not None:
+                bottleneck, share = limit[1], throughput / limit[0]
             else:  # no budget, no machine: the busiest station at full speed
                 busiest = max(self.stations, key=lambda s: s.demand / s.node_count)
                 bottleneck, share = busiest.name, throughput * busiest.demand / busiest.node_count
             points.append(CurvePoint(users=n, throughput=throughput, response_time=response, bottleneck=bottleneck,
                                      bottleneck_utilization=share, capped=capped, utilization=utilization))
         return points
+
+    def station_throughput(self, station: StationCalibration, users: int) -> float:
+        """The most ``station``'s budgets carry at ``users`` users if the queue builds there.
+
+        With the station saturated, every user who is neither thinking nor in the latency or at
+        another station (at full speed) waits at it: ``q(X) = (N - X (Z + latency + Σ_other D)) /
+        nodes`` requests per node, and the station completes ``X = nodes × b / D(q(X))``. This is
+        the saturated limit of the load-dependent MVA with service rate ``μ(j) = nodes × b / D(j /
+        nodes)``, whose queue at the bottleneck is ``N - X (Z + R_rest)`` up to O(1); the root is
+        found by bisection. Without a queue-dependent demand it is the constant ``nodes × b / D``.
+        When even ``q = 0`` leaves the budget unused (light load) the answer is ``onset_cap``: not
+        binding.
+        """
+        if station.saturated_demand is None:
+            return station.onset_cap
+        elsewhere = self.think_time + self.latency + sum(s.demand for s in self.stations if s is not station)
+        top = users / elsewhere  # the throughput at which nobody is left to queue here
+        if station.onset_cap >= top:
+            return station.onset_cap
+        low, high = 0.0, top
+        for _ in range(80):
+            middle = (low + high) / 2
+            queue = max(users - middle * elsewhere, 0.0) / station.node_count
+            if station.cap_at(queue) > middle:
+                low = middle
+            else:
+                high = middle
+            if high - low <= 1e-9 * high:
+                break
+        return (low + high) / 2
 
     # -- what if ------------------------------------------------------------------------------
 
@@ -412,6 +534,7 @@ class CalibratedModel:
             "caps": [{"name": c.name, "max_throughput": _finite(c.throughput), "why": c.why} for c in self.caps()],
             "cache_hit_ratio": self.cache_hit_ratio,
             "steps_used": list(self.steps_used),
+            "saturation_steps": list(self.saturation_steps),
             "latency_steps": list(self.latency_steps),
             "notes": list(self.notes),
         }
@@ -422,13 +545,20 @@ class CalibratedModel:
 # --------------------------------------------------------------------------------------------
 
 
-def calibrate(results: Mapping[str, Any], *, step: int | None = None) -> CalibratedModel:
+def calibrate(results: Mapping[str, Any], *, step: int | None = None,
+              use_saturated: bool = True) -> CalibratedModel:
     """Calibrate the stage measured in ``results`` (a results document; see the module docstring).
 
     ``step`` (an index into ``results["steps"]``) calibrates from that step alone; by default every
-    unsaturated step is used with a per-node regression that separates background CPU.
+    unsaturated step is used with a per-node regression that separates background CPU, and the
+    steps where a station was the saturated bottleneck give its CPU per request with a queue
+    (``saturated_demand``). ``use_saturated=False`` ignores every step at 90% of a budget or more,
+    as if the run had stopped before saturating: a *prediction* of the saturation (constant demands).
     """
     steps = _measured_steps(results)
+    if not use_saturated:
+        below = [s for s in steps if _step_max_utilization(s) < SATURATED_UTILIZATION]
+        steps = below or steps
     if step is not None:
         if not -len(steps) <= step < len(steps):
             raise ModelError(f"step: the run has {len(steps)} measured steps, no step {step}")
@@ -468,7 +598,108 @@ def calibrate(results: Mapping[str, Any], *, step: int | None = None) -> Calibra
         notes=tuple(notes),
     )
     latency, latency_steps = _latency(model, steps if step is None else chosen)
-    return replace(model, latency=latency, latency_steps=latency_steps)
+    model = replace(model, latency=latency, latency_steps=latency_steps)
+    if step is None and use_saturated:
+        model = _fit_saturation(model, steps)
+    return model
+
+
+def _fit_saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]]) -> CalibratedModel:
+    """Each station's CPU per request deep in saturation, from the steps where it was the bottleneck.
+
+    A step counts for station k when the busiest node on the request path is one of k's and used
+    ``SATURATED_UTILIZATION`` of its budget or more. Its point is (q, d): d = k's cores / X (all its
+    CPU: the background is shed at saturation), and q the requests per node at k by Little's law,
+    ``X × (R - latency - Σ_other D) / nodes`` (measured X and R, the model's own residence
+    elsewhere). ``D(q) = D_sat + (D_0 - D_sat) / (1 + q)`` is then linear in D_sat, fitted by
+    request-weighted least squares with ``D_0`` the light-load demand.
+    """
+    stations = []
+    used: set[int] = set()
+    for station in model.stations:
+        if station.budget is None or station.demand <= 0:
+            stations.append(station)
+            continue
+        elsewhere = model.latency + sum(s.demand for s in model.stations if s is not station)
+        points: list[tuple[float, float, float]] = []
+        for step in steps:
+            node, share = _step_bottleneck(step)
+            if node is None or share < SATURATED_UTILIZATION or node not in station.nodes:
+                continue
+            throughput = _throughput(step)
+            response = float(step["total"].get("mean_ms") or 0.0) / 1000
+            if throughput <= 0 or response <= 0:
+                continue
+            cores = sum(float(step["nodes"][n]["cpu_seconds"]) for n in station.nodes
+                        if n in step["nodes"]) / float(step["measured_window_s"])
+            queue = max(throughput * (response - elsewhere), 0.0) / station.node_count
+            points.append((queue, cores / throughput, float(step["total"]["requests"])))
+            used.add(int(step.get("users") or 0))
+        onset = replace(station, saturated_demand=0.0).onset_demand
+        saturated, queue_cost = fit_load_dependence(onset, points)
+        stations.append(replace(station, saturated_demand=saturated, queue_cost=queue_cost,
+                                queue_limit=max((q for q, _, _ in points), default=math.inf) if queue_cost else math.inf,
+                                saturation_points=tuple((q, d) for q, d, _ in points) if saturated else ()))
+    return replace(model, stations=tuple(stations), saturation_steps=tuple(sorted(used)))
+
+
+def fit_saturated_demand(light_demand: float, points: Sequence[tuple[float, float, float]]) -> float | None:
+    """(requests per node q, CPU s per request d, weight) → D_sat of ``D(q) = D_sat + (D_0 - D_sat)/(1 + q)``.
+
+    Least squares on ``d - D_0/(1+q) = D_sat · q/(1+q)``; None without points (or an unphysical,
+    non-positive answer).
+    """
+    numerator = denominator = 0.0
+    for queue, demand, weight in points:
+        share = queue / (1.0 + queue)
+        numerator += weight * share * (demand - light_demand / (1.0 + queue))
+        denominator += weight * share * share
+    if denominator <= 1e-12:
+        return None
+    saturated = numerator / denominator
+    return saturated if saturated > 0 else None
+
+
+def fit_load_dependence(onset: float, points: Sequence[tuple[float, float, float]]) -> tuple[float | None, float]:
+    """D_sat and the contention cost e of ``D(q) = D_sat + (D_b - D_sat)/(1 + q) + e q``.
+
+    Linear least squares in (D_sat, e) with three points or more; e is kept only when positive
+    (else the one-parameter fit, ``fit_saturated_demand``).
+    """
+    if CONTENTION and len(points) >= 3:
+        rows = np.array([[q / (1 + q), q] for q, _, _ in points])
+        target = np.array([d - onset / (1 + q) for q, d, _ in points])
+        weights = np.sqrt(np.array([w for _, _, w in points]))
+        solution, *_ = np.linalg.lstsq(rows * weights[:, None], target * weights, rcond=None)
+        saturated, cost = float(solution[0]), float(solution[1])
+        if cost > 0 and saturated > 0:
+            return saturated, cost
+    return fit_saturated_demand(onset, points), 0.0
+
+
+def _step_bottleneck(step: Mapping[str, Any]) -> tuple[str | None, float]:
+    shares = {name: float(node["utilization"]) for name, node in step["nodes"].items()
+              if node.get("utilization") is not None and node.get("role") not in BACKGROUND_ROLES}
+    if not shares:
+        return None, 0.0
+    name = max(shares, key=lambda n: shares[n])
+    return name, shares[name]
+
+
+def _throughput(step: Mapping[str, Any]) -> float:
+    """Completed requests per second: Locust counts them over its step window (``window_s``)."""
+    window = step.get("window_s") or step["measured_window_s"]
+    return float(step["total"]["requests"]) / float(window)
+
+
+def _requests_in_cpu_window(step: Mapping[str, Any]) -> float:
+    """The requests scaled to the CPU snapshot window (``measured_window_s``), for the utilization law.
+
+    Locust counts requests over its own window; the node CPU is read over ``measured_window_s``,
+    which can be a few percent shorter under load (stage3, 450 users: 19.46 s against 20 s).
+    D = cores / X needs both over the same time.
+    """
+    return _throughput(step) * float(step["measured_window_s"])
 
 
 def _measured_steps(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -498,7 +729,7 @@ def _node_demands(steps: Sequence[Mapping[str, Any]]) -> dict[str, NodeDemand]:
             names.setdefault(name, node)
     out = {}
     for name, first in names.items():
-        points = [(float(s["total"]["requests"]), float(s["measured_window_s"]),
+        points = [(_requests_in_cpu_window(s), float(s["measured_window_s"]),
                    float(s["nodes"][name]["cpu_seconds"])) for s in steps if name in s["nodes"]]
         demand, background, method = fit_demand(points)
         out[name] = NodeDemand(name=name, role=str(first.get("role")), cpu_budget=first.get("cpu_budget"),
@@ -575,7 +806,7 @@ def _requests_per_task(steps: Sequence[Mapping[str, Any]]) -> float:
 
 
 def _load_generator(steps: Sequence[Mapping[str, Any]]) -> LoadGenerator | None:
-    points = [(float(s["total"]["requests"]), float(s["measured_window_s"]), float(s["loadgen_cpu_seconds"]))
+    points = [(_requests_in_cpu_window(s), float(s["measured_window_s"]), float(s["loadgen_cpu_seconds"]))
               for s in steps if isinstance(s.get("loadgen_cpu_seconds"), int | float)]
     if not points:
         return None

@@ -1,8 +1,9 @@
 """Calibration from measured runs, the comparison with measurement, and the what-if from a run.
 
 The fixtures in data/ are real results documents (trimmed of log paths): the two quick-profile runs
-of stage0 and stage4 (10 and 30 users), and a stage0 run stepped past its app server's budget
-(300 to 1000 users) so that the saturation is measured.
+of stage0 and stage4 (10 and 30 users), a stage0 run stepped past its app server's budget
+(300 to 1000 users) so that the saturation is measured, and a full stage3 run (25 to 450 users)
+whose three app servers got cheaper per request past their budgets.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def test_demands_follow_the_utilization_law(stage0):
     """One step: D = CPU seconds / requests exactly; several: the slope, below the plain ratio."""
     step = stage0["steps"][1]
     single = calibrate(stage0, step=1)
-    assert single.station("app").demand == pytest.approx(step["nodes"]["app1"]["cpu_seconds"]
-                                                         / step["total"]["requests"])
+    # cores over the CPU window, throughput over Locust's window
+    cores = step["nodes"]["app1"]["cpu_seconds"] / step["measured_window_s"]
+    assert single.station("app").demand == pytest.approx(cores / (step["total"]["requests"] / step["window_s"]))
     fitted = calibrate(stage0)
     assert fitted.station("app").background > 0  # the idle cost is separated
     assert fitted.station("app").demand < single.station("app").demand
@@ -124,11 +126,75 @@ def test_saturation_is_the_smallest_budget_cap(stage0_knee):
     assert model.steps_used == (300, 550)
     app = model.station("app")
     assert model.caps()[0].name == "app"
-    assert model.max_throughput == pytest.approx(app.budget / app.demand)
+    # The cap is the budget over the CPU per request with a deep queue (fitted on the saturated steps).
+    assert model.saturation_steps == (650, 750, 850, 1000)
+    assert app.saturated_demand is not None
+    assert model.max_throughput == pytest.approx(app.budget / app.saturated_demand)
     far = model.curve([5000])[0]
-    assert far.capped and far.throughput == pytest.approx(model.max_throughput)
-    assert far.response_time == pytest.approx(5000 / model.max_throughput - model.think_time)
+    assert far.capped and far.throughput == pytest.approx(model.max_throughput, rel=1e-3)
+    assert far.response_time == pytest.approx(5000 / far.throughput - model.think_time)
     assert far.bottleneck == "app" and far.bottleneck_utilization == pytest.approx(1.0)
+    # Without the saturated steps the demand is constant: the cap is budget / light-load demand.
+    constant = calibrate(stage0_knee, use_saturated=False)
+    assert constant.station("app").saturated_demand is None and constant.saturation_steps == ()
+    assert constant.max_throughput == pytest.approx(app.budget / constant.station("app").demand)
+
+
+@pytest.fixture(scope="module")
+def stage3_full() -> dict:
+    return _results("stage3_full")
+
+
+def test_load_dependent_demand_reproduces_a_saturated_runs_cap(stage3_full):
+    """stage3, 25..450 users: three app servers at 0.1 core each got cheaper per request past their budget.
+
+    At 300 users (99% of the budget) they spent 0.96 ms per request, at 450 (100%) 0.72 ms and
+    carried 408 req/s. A constant demand fitted below 90% (1.14 ms) says 263 req/s.
+    """
+    constant = calibrate(stage3_full, use_saturated=False)
+    model = calibrate(stage3_full)
+    app = model.station("app")
+    assert model.saturation_steps == (300, 450)
+    assert app.saturated_demand is not None and app.saturated_demand < app.demand
+    assert app.demand_at(0) == pytest.approx(app.onset_demand)
+    assert app.demand_at(1) > app.demand_at(10) > app.demand_at(1000) > app.saturated_demand
+    measured = stage3_full["steps"][-1]["total"]["rps"]
+    assert constant.curve([450])[0].throughput < 0.7 * measured  # the old miss: -35%
+    point = model.curve([450])[0]
+    assert point.capped and point.bottleneck == "app"
+    assert point.throughput == pytest.approx(measured, rel=0.05)
+    # The saturated throughput keeps growing with the queue, towards nodes x b / D_sat.
+    curve = [p.throughput for p in model.curve([300, 450, 600, 2000])]
+    assert curve == sorted(curve) and curve[-1] < model.max_throughput
+    # Below 80% of the budget nothing changed: full speed plus latency, within 5% of the measurement.
+    for step, point in zip(stage3_full["steps"][:3], model.curve([25, 50, 100]), strict=True):
+        assert point.throughput == pytest.approx(step["total"]["rps"], rel=0.05) and not point.capped
+
+
+def test_accuracy_reports_in_sample_and_predicted_saturation(stage3_full):
+    saturation = compare_with_measurement(stage3_full)["accuracy"]["saturation"]
+    assert saturation["measured"] and abs(saturation["max_rps_error"]) <= 0.10 and saturation["within_target"]
+    predicted = saturation["predicted_from_unsaturated"]
+    assert predicted["steps_used"] == [25, 50, 100, 200]
+    assert predicted["max_rps_error"] < -0.3  # constant demands: the app saturates too early
+
+
+def test_fit_saturated_demand_recovers_the_form():
+    from scalesim.model.calibrate import fit_saturated_demand
+    onset, saturated = 0.001, 0.0006
+    points = [(q, saturated + (onset - saturated) / (1 + q), 100.0) for q in (0.5, 3.0, 20.0)]
+    assert fit_saturated_demand(onset, points) == pytest.approx(saturated)
+    assert fit_saturated_demand(onset, []) is None
+    dearer = [(q, 0.0012 + (onset - 0.0012) / (1 + q), 1.0) for q in (5.0, 50.0)]
+    assert fit_saturated_demand(onset, dearer) == pytest.approx(0.0012)
+
+
+def test_what_if_keeps_the_load_dependent_demand(stage3_full):
+    answer = what_if_from_run(stage3_full, users=[100, 20000], app_servers=40)
+    app = answer.model.station("app")
+    assert app.saturated_demand == answer.measured.station("app").saturated_demand
+    assert app.node_count == 40 and app.cap == pytest.approx(40 * 0.1 / app.saturated_demand)
+    assert answer.points[-1].capped and answer.points[-1].bottleneck != "app"
 
 
 def test_unbudgeted_runs_are_capped_by_the_machine_and_single_processes(stage0):
