@@ -48,8 +48,10 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
     for station in model.stations:
         budget = f"{station.budget:g}" if station.budget is not None else "-"
         saturated = ("" if station.saturated_demand is None else
-                     f"  saturated D {station.saturated_demand * 1000:6.3f} ms (q/node "
-                     + ", ".join(f"{q:.1f}" for q, _ in station.saturation_points) + ")")
+                     f"  saturated D {station.saturated_demand * 1000:6.3f} ms"
+                     + (f" + {station.queue_cost * 1e6:.2f} us x q (q <= {station.queue_limit:.0f})"
+                        if station.queue_cost > 0 else "")
+                     + " (q/node " + ", ".join(f"{q:.1f}" for q, _ in station.saturation_points) + ")")
         print(f"  {station.name:9s} nodes {station.node_count}  budget {budget:>5s} core  "
               f"D {station.demand * 1000:7.3f} ms  background {station.background:6.3f} core  "
               f"cap {station.onset_cap:8.1f}/s .. {station.cap:8.1f}/s{saturated}")

@@ -14,9 +14,10 @@ Background CPU
     are left out of this light-load fit when at least two other steps remain: throttled and
     overloaded servers batch their work and get cheaper per request (or dearer), which the saturated
     demand below describes. The throughput is counted over Locust's window and the CPU over the
-    snapshot window (they differ by up to a few percent under load). A fit that makes no physical sense (a negative slope, or a
-    negative background) falls back to the plain ratio over the steps used. With ``step=i`` only
-    that step is used, with the plain ratio (background included, so demands are upper bounds).
+    snapshot window (they differ by up to a few percent under load). A fit that makes no physical
+    sense (a negative slope, or a negative background) falls back to the plain ratio over the steps
+    used. With ``step=i`` only that step is used, with the plain ratio (background included, so
+    demands are upper bounds).
 
 Stations
     One station per role on the request path: ``balancer``; ``app`` with one server per app node
@@ -125,7 +126,6 @@ QUOTA_PERIOD_S = 0.1
 
 #: A budgeted node at this share of its budget or more is saturated (left out of the demand fit).
 SATURATED_UTILIZATION = 0.9
-CONTENTION = True
 #: Steps whose busiest node is below this share of its budget calibrate the latency.
 LIGHT_UTILIZATION = 0.5
 
@@ -207,19 +207,22 @@ class StationCalibration:
     def demand_at(self, queue: float) -> float:
         """CPU seconds per request of the budget with ``queue`` requests per node present (waiting or in service).
 
-        ``D(q) = D_sat + (D_b - D_sat) / (1 + q)``: a node that wakes up to find 1 + q requests
-        shares the per-wake-up cost (epoll, syscalls, scheduling, the flush of its writes) among
-        them, and a node that never idles stops paying its idle background, so what the light-load
+        ``D(q) = D_sat + (D_b - D_sat) / (1 + q) + e q`` (q at most ``queue_limit``): a node that
+        wakes up to find 1 + q requests shares the per-wake-up cost (epoll, syscalls, scheduling, the
+        flush of its writes) among them, and a node that never idles stops paying its idle
+        background, so what the light-load
         cost ``D_b`` (``onset_demand``) has beyond ``D_sat`` is divided by the batch; ``D_sat`` is
         what a request costs on its own. ``D_sat > D_b`` (a server that gets *dearer* with load,
         like PostgreSQL with many backends in a throttled group) uses the same form with the sign
-        reversed.
+        reversed; ``e q`` (``queue_cost``, fitted with three saturated steps or more) is contention
+        that grows with the queue, and makes the throughput fall past a peak.
         """
         if self.saturated_demand is None:
             return self.demand
         onset = self.onset_demand
         q = min(max(queue, 0.0), self.queue_limit)
-        return self.saturated_demand + (onset - self.saturated_demand) / (1.0 + q) + self.queue_cost * q
+        contention = self.queue_cost * q if self.queue_cost > 0 else 0.0
+        return self.saturated_demand + (onset - self.saturated_demand) / (1.0 + q) + contention
 
     def best_queue(self) -> float:
         """The queue per node at which D(q) is smallest (within the measured range)."""
@@ -241,11 +244,12 @@ class StationCalibration:
 
     @property
     def cap(self) -> float:
-        """Requests per second the station's budgets allow at most: ``nodes × b / D_sat`` (inf without budget).
+        """Requests per second the station's budgets allow at most: ``nodes × b / min_q D(q)`` (inf without budget).
 
-        ``D_sat`` is the CPU per request deep in saturation (``deep_demand``; the light-load demand
-        when the run never saturated this station), so this is what the station carries with a
-        long queue. The fitted background is left out on purpose: it is mostly the cost of an idle
+        Without contention that is ``nodes × b / D_sat``, with ``D_sat`` the CPU per request deep in
+        saturation (``deep_demand``; the light-load demand when the run never saturated this
+        station): what the station carries with a long queue; with contention, at its best queue.
+        The fitted background is left out on purpose: it is mostly the cost of an idle
         server (waking up for each request, polling), which a saturated server no longer pays.
         """
         return self.cap_at(self.best_queue())
@@ -638,7 +642,7 @@ def _fit_saturation(model: CalibratedModel, steps: Sequence[Mapping[str, Any]]) 
         onset = replace(station, saturated_demand=0.0).onset_demand
         saturated, queue_cost = fit_load_dependence(onset, points)
         stations.append(replace(station, saturated_demand=saturated, queue_cost=queue_cost,
-                                queue_limit=max((q for q, _, _ in points), default=math.inf) if queue_cost else math.inf,
+                                queue_limit=max(q for q, _, _ in points) if queue_cost else math.inf,
                                 saturation_points=tuple((q, d) for q, d, _ in points) if saturated else ()))
     return replace(model, stations=tuple(stations), saturation_steps=tuple(sorted(used)))
 
@@ -663,10 +667,14 @@ def fit_saturated_demand(light_demand: float, points: Sequence[tuple[float, floa
 def fit_load_dependence(onset: float, points: Sequence[tuple[float, float, float]]) -> tuple[float | None, float]:
     """D_sat and the contention cost e of ``D(q) = D_sat + (D_b - D_sat)/(1 + q) + e q``.
 
-    Linear least squares in (D_sat, e) with three points or more; e is kept only when positive
-    (else the one-parameter fit, ``fit_saturated_demand``).
+    Linear least squares in (D_sat, e), weighted by requests, with three points or more; e is kept
+    only when positive (else the one-parameter fit, ``fit_saturated_demand``). ``e q`` is the
+    contention a long queue adds per request: PostgreSQL's snapshot and lock work grows with the
+    number of active backends, a Python server's garbage collection with the objects of the
+    requests in flight. It makes the saturated throughput peak and then fall (stage1: 321 req/s
+    at 400 users, 235 at 650), so the model holds D(q) constant beyond the largest measured queue.
     """
-    if CONTENTION and len(points) >= 3:
+    if len(points) >= 3:
         rows = np.array([[q / (1 + q), q] for q, _, _ in points])
         target = np.array([d - onset / (1 + q) for q, d, _ in points])
         weights = np.sqrt(np.array([w for _, _, w in points]))

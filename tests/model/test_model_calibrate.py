@@ -189,6 +189,31 @@ def test_fit_saturated_demand_recovers_the_form():
     assert fit_saturated_demand(onset, dearer) == pytest.approx(0.0012)
 
 
+def test_fit_load_dependence_finds_contention_only_when_it_is_there():
+    from scalesim.model.calibrate import fit_load_dependence
+    onset, saturated, cost = 0.001, 0.0006, 2e-6
+    points = [(q, saturated + (onset - saturated) / (1 + q) + cost * q, 100.0) for q in (1.0, 10.0, 60.0, 200.0)]
+    fitted, fitted_cost = fit_load_dependence(onset, points)
+    assert fitted == pytest.approx(saturated) and fitted_cost == pytest.approx(cost)
+    flat = [(q, saturated + (onset - saturated) / (1 + q), 100.0) for q in (1.0, 10.0, 60.0)]
+    assert fit_load_dependence(onset, flat)[1] == pytest.approx(0.0, abs=1e-12)
+    assert fit_load_dependence(onset, flat[:2]) == (pytest.approx(saturated), 0.0)  # two points: one parameter
+
+
+def test_contention_makes_the_saturated_throughput_peak(stage3_full):
+    from dataclasses import replace
+    model = calibrate(stage3_full)
+    app = model.station("app")
+    crowded = replace(app, queue_cost=2e-6, queue_limit=100.0)
+    assert crowded.demand_at(100.0) == crowded.demand_at(1000.0)  # held beyond the measured queue
+    best = crowded.best_queue()
+    assert 0 < best < 100 and crowded.cap == pytest.approx(crowded.cap_at(best))
+    assert crowded.cap_at(best) > crowded.cap_at(best / 4) and crowded.cap_at(best) > crowded.cap_at(best * 4)
+    stations = tuple(crowded if s.name == "app" else s for s in model.stations)
+    curve = [p.throughput for p in replace(model, stations=stations).curve([450, 2000])]
+    assert curve[1] < curve[0]
+
+
 def test_what_if_keeps_the_load_dependent_demand(stage3_full):
     answer = what_if_from_run(stage3_full, users=[100, 20000], app_servers=40)
     app = answer.model.station("app")
