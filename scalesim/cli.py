@@ -158,12 +158,18 @@ def _run_one(stage: str, *, app_servers: int | None, replicas: int | None, setti
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 @friendly_errors
 def report(run_dir: Path) -> None:
-    """Write (again) the report of a finished run from its results.json."""
+    """Write (again) the report of a finished run from its results.json.
+
+    The model section is derived data: it is recalibrated with this scalesim's model and saved back.
+    """
+    from scalesim.model.accuracy import compare_with_measurement
     from scalesim.report.build import run_report
-    from scalesim.results import load_results
+    from scalesim.results import load_results, save_results
 
     results = load_results(run_dir)
-    folder = Path(results["_path"]).parent
+    folder = Path(results.pop("_path")).parent
+    results["model"] = compare_with_measurement(results)
+    save_results(results, folder)
     html, markdown = run_report(results, folder)
     click.echo(f"report: {html}  {markdown}")
 
