@@ -89,10 +89,6 @@ class Workload:
     mix: Mapping[str, float] = field(default_factory=dict)
     objective_p95_ms: float = 250.0
 
-    @property
-    def think_time_mean(self) -> float:
-        return (self.think_time_min + self.think_time_max) / 2
-
     def to_dict(self) -> dict[str, Any]:
         """The scenario file's shape (what the load generator and the results read)."""
         return {"think_time": {"min": self.think_time_min, "max": self.think_time_max}, "mix": dict(self.mix),

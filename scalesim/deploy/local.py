@@ -233,15 +233,6 @@ class LocalDeployment:
 
     # -- state, inspection, teardown -------------------------------------------------------------
 
-    def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {node.name: node.cpu_seconds() for node in self.nodes}
-
     def component_versions(self) -> dict[str, str]:
         versions = {"postgres": version_of(self.binaries.pg("postgres"))}
         if any(node.role == "keyvalue" for node in self.nodes):

@@ -90,11 +90,6 @@ class CpuGroup:
                 return int(value) / 1e6
         return 0.0
 
-    def pids(self) -> list[int]:
-        with contextlib.suppress(OSError):
-            return [int(pid) for pid in (self.paths[0] / "cgroup.procs").read_text().split()]
-        return []
-
     def remove(self) -> None:
         for path in self.paths:
             for _ in range(50):  # a just-killed task may take a moment to leave the group
