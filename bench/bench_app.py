@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,16 +175,15 @@ def run_python_load(port: int, *, seconds: float, connections: int) -> LoadResul
 
 
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    from scalesim.components.process import http_ok
+
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server on port {port} exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
+        if http_ok(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return
+        time.sleep(0.1)
     raise RuntimeError(f"server on port {port} did not become healthy")
 
 

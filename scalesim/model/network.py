@@ -524,15 +524,20 @@ def _parse_network(data: Any) -> Network:
                    class_mode=class_mode, name=name)
 
 
-def _parse_station(raw: Any, where: str) -> tuple[Station, float | None]:
-    if not isinstance(raw, Mapping):
-        raise ModelError(f"{where}: must be a mapping, got {_kind(raw)}")
-    _reject_unknown(raw, _STATION_FIELDS, where)
+def _required_name(raw: Mapping[str, Any], where: str) -> str:
     if "name" not in raw:
         raise ModelError(f"{where}.name: missing field")
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ModelError(f"{where}.name: must be a non-empty string, got {name!r}")
+    return name
+
+
+def _parse_station(raw: Any, where: str) -> tuple[Station, float | None]:
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{where}: must be a mapping, got {_kind(raw)}")
+    _reject_unknown(raw, _STATION_FIELDS, where)
+    name = _required_name(raw, where)
     kind = raw.get("kind", "queue")
     if kind not in _STATION_KINDS:
         raise ModelError(f"{where}.kind: unknown station kind {kind!r} (expected one of: "
@@ -558,11 +563,7 @@ def _parse_class(raw: Any, where: str, station_names: list[str]) -> RequestClass
     if not isinstance(raw, Mapping):
         raise ModelError(f"{where}: must be a mapping, got {_kind(raw)}")
     _reject_unknown(raw, _CLASS_FIELDS, where)
-    if "name" not in raw:
-        raise ModelError(f"{where}.name: missing field")
-    name = raw["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise ModelError(f"{where}.name: must be a non-empty string, got {name!r}")
+    name = _required_name(raw, where)
     weight = _number(raw, "weight", where, default=1.0, minimum=0.0)
     if weight is not None and weight <= 0:
         raise ModelError(f"{where}.weight: must be a number > 0, got {weight!r}")

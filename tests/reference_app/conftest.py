@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import redis
 from reference_app.app import ReferenceApp, create_app
 from reference_app.config import AppConfig
 from reference_app.seed import seed_database
+from scalesim.components.process import http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_DATA = {"users": 50, "authors": 30, "books": 120, "rentals_per_user": 8, "seed": 7}
@@ -225,12 +225,9 @@ def start_server(config: AppConfig, log_dir: Path) -> Server:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"app server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.05)
+        if http_ok(f"{server.url}/healthz", timeout=1):
+            return server
+        time.sleep(0.05)
     stop_server(server)
     raise RuntimeError(f"app server did not become healthy: {log.read_text()[-2000:]}")
 
