@@ -2,10 +2,10 @@
 
 uvicorn starts it as ``reference_app.app:create_app --factory``. The factory reads the config from
 ``SCALESIM_APP_CONFIG`` and returns a :class:`ReferenceApp`, a thin ASGI wrapper around a Starlette
-router that runs its own lifespan: at startup it opens the database pools, the key-value client and
-the job queue the config asks for; at shutdown it closes them. (Running the lifespan itself lets a
-failed startup -- an unreachable database, say -- end the server with one line in the log instead
-of a traceback.) Tests drive the same steps in-process with ``async with app.running(): ...``.
+router that runs its own lifespan: at startup it opens the database pools, the key-value client, the
+cache server's client and the job queue the config asks for; at shutdown it closes them. (Running
+the lifespan itself lets a failed startup -- an unreachable database, say -- end the server with one
+line in the log instead of a traceback.) Tests drive the same steps in-process with ``async with app.running(): ...``.
 
 Every handler does three things: validate the request (anything malformed is a 4xx with
 ``{"error": "one line"}``, never a 5xx), call :class:`~reference_app.service.RentalService`, and
@@ -20,6 +20,7 @@ statements are compiled once (``queries.py``), and JSON is encoded with orjson w
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import re
@@ -36,15 +37,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from reference_app.cache import ProfileCache, QueryCache
+from reference_app.cache import CacheBreaker, ProfileCache, QueryCache, connect_cache
 from reference_app.config import AppConfig
-from reference_app.db import Database, DatabaseUnavailable
+from reference_app.db import EVERY_WRITE, Database, DatabaseUnavailable, _redact
 from reference_app.encoding import dumps, loads
+from reference_app.openapi import MAX_BODY_BYTES, MAX_ID, MAX_TEXT_CHARS, openapi_document
 from reference_app.queries import build_queries
 from reference_app.service import (
     ApiError,
     BadRequest,
     Forbidden,
+    NotFound,
     RentalService,
     Unauthorized,
 )
@@ -60,9 +63,6 @@ from reference_app.sessions import (
 
 log = logging.getLogger("reference_app")
 
-MAX_ID = 2**31 - 1  # ids are PostgreSQL integers
-MAX_BODY_BYTES = 16 * 1024
-MAX_TEXT_CHARS = 512
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _RENTAL_STATUSES = ("open", "returned", "all")
@@ -135,11 +135,15 @@ class ReferenceApp:
         self._replica_reads = config.reads == "replicas"
         self._needs_mark = self._replica_reads or config.object_cache
         self._stack: contextlib.AsyncExitStack | None = None
+        # Encoded once: the document depends on the config only.
+        self._openapi_body = dumps(openapi_document(config))
+        self._stats_token = config.stats_token.encode("ascii") if config.stats_token else None
         # Set by startup(); `service` is public for tests and tools, the handlers use the private
         # names, typed as always present (no handler runs before startup).
         self.service: RentalService | None = None
         self._svc: RentalService
         self._sessions: SessionStore
+        self._cache_breaker = CacheBreaker(retry_seconds=config.cache_retry_ms / 1000)
         self.router = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -154,6 +158,7 @@ class ReferenceApp:
                 Route("/api/rentals/{rental_id}/return", self.return_rental, methods=["POST"]),
                 Route("/api/users/{user_id}/charges", self.charges, methods=["GET"]),
                 Route("/api/_stats", self.stats, methods=["GET"]),
+                Route("/openapi.json", self.openapi, methods=["GET"]),
             ],
             exception_handlers={
                 ApiError: self._api_error,
@@ -203,7 +208,9 @@ class ReferenceApp:
             jobs: ArqRedis | None = None
             if config.keyvalue_url:
                 pool = redis.BlockingConnectionPool.from_url(
-                    config.keyvalue_url, max_connections=max(8, 2 * config.pool_size), timeout=5
+                    config.keyvalue_url, max_connections=max(8, 2 * config.pool_size), timeout=5,
+                    socket_timeout=config.keyvalue_timeout_ms / 1000,
+                    socket_connect_timeout=config.keyvalue_timeout_ms / 1000,
                 )
                 client = redis.Redis(connection_pool=pool)
                 stack.push_async_callback(client.aclose)
@@ -211,7 +218,8 @@ class ReferenceApp:
                 try:
                     await client.ping()
                 except redis.RedisError as exc:
-                    raise RuntimeError(f"cannot reach the key-value server at {config.keyvalue_url}: {exc}") from exc
+                    where = _redact(config.keyvalue_url)
+                    raise RuntimeError(f"cannot reach the key-value server at {where}: {exc}") from exc
                 if config.object_cache or config.charges == "precomputed":
                     jobs = await create_pool(RedisSettings.from_dsn(config.keyvalue_url))
                     stack.push_async_callback(jobs.aclose)
@@ -224,12 +232,19 @@ class ReferenceApp:
             else:
                 sessions = MemorySessions(ttl_seconds=config.session_ttl_seconds, marks=marks)
             query_cache = profile_cache = None
-            if client is not None and config.query_cache:
-                query_cache = QueryCache(
-                    client=client, ttl_seconds=config.query_cache_ttl_seconds, versions_are_lsns=database.tracks_lsn
-                )
-            if client is not None and config.object_cache:
-                profile_cache = ProfileCache(client=client, ttl_seconds=config.profile_cache_ttl_seconds)
+            if client is not None and (config.query_cache or config.object_cache):
+                cache_client = await self._open_cache_client(client, stack)
+                if config.query_cache:
+                    query_cache = QueryCache(
+                        client=cache_client,
+                        ttl_seconds=config.query_cache_ttl_seconds,
+                        versions_are_lsns=database.tracks_lsn,
+                        breaker=self._cache_breaker,
+                    )
+                if config.object_cache:
+                    profile_cache = ProfileCache(
+                        client=cache_client, ttl_seconds=config.profile_cache_ttl_seconds, breaker=self._cache_breaker
+                    )
             service = RentalService(
                 config=config,
                 queries=queries,
@@ -245,6 +260,23 @@ class ReferenceApp:
         self._stack = stack
         self.service = self._svc = service
         self._sessions = sessions
+
+    async def _open_cache_client(self, session_client: redis.Redis, stack: contextlib.AsyncExitStack) -> redis.Redis:
+        """The caches' client: the session store's, or one for a separate cache server.
+
+        A separate cache server need not answer at startup (the session store must): the caches then
+        start off, and the breaker lets them on once it answers.
+        """
+        config = self.config
+        if not config.separate_cache_server:
+            return session_client
+        client = connect_cache(config)
+        stack.push_async_callback(client.aclose)
+        try:
+            await client.ping()
+        except redis.RedisError as exc:
+            self._cache_breaker.trip(f"no answer at startup from {_redact(config.cache_server_url or '')}: {exc}")
+        return client
 
     async def shutdown(self) -> None:
         stack, self._stack = self._stack, None
@@ -324,7 +356,13 @@ class ReferenceApp:
             return 0
         if token is None:
             return 0
-        caller = await self._sessions.resolve(token, with_mark=True)
+        try:
+            caller = await self._sessions.resolve(token, with_mark=True)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Without the session store this public read cannot know the caller's last write:
+            # the primary has it, whatever it was.
+            log.warning("%s %s: %s; reading from the primary", request.method, request.url.path, exc)
+            return EVERY_WRITE
         return 0 if caller is None else caller.mark.lsn
 
     # -- endpoints -----------------------------------------------------------------------------------
@@ -367,6 +405,10 @@ class ReferenceApp:
             default=self.config.default_per_page,
             maximum=self.config.max_per_page,
         )
+        if (page - 1) * per_page > MAX_ID:
+            # The offset would not fit the statement's integer parameter, and no catalog has that
+            # many books (ids are integers too): certainly past the last page.
+            raise NotFound(f"page {page} is past the last page of results")
         category = params.get("category") or None
         if category is not None:
             category = clean_text(category, "category")
@@ -377,19 +419,22 @@ class ReferenceApp:
         min_lsn = await self._min_lsn_of_optional_caller(request)
         return self.respond(await self._svc.book(book_id, min_lsn=min_lsn))
 
+    # User endpoints authenticate before they look at their parameters: without a session, every
+    # request is a 401, whatever else is wrong with it.
+
     async def rentals(self, request: Request) -> Response:
+        caller = await self._caller(request)
         user_id = parse_id(request.path_params["user_id"], "user id")
-        status = request.query_params.get("status") or "all"
+        status = request.query_params.get("status", "all")
         if status not in _RENTAL_STATUSES:
             raise BadRequest(f"status must be one of {', '.join(_RENTAL_STATUSES)}, not {status[:40]!r}")
-        caller = await self._caller(request)
         if caller.user_id != user_id:
             raise Forbidden("you may only read your own rentals")
         return self.respond(await self._svc.rentals(caller, status=status))
 
     async def charges(self, request: Request) -> Response:
-        user_id = parse_id(request.path_params["user_id"], "user id")
         caller = await self._caller(request)
+        user_id = parse_id(request.path_params["user_id"], "user id")
         if caller.user_id != user_id:
             raise Forbidden("you may only read your own charges")
         return self.respond(await self._svc.charges(caller))
@@ -405,11 +450,26 @@ class ReferenceApp:
         return self.respond(await self._svc.rent(caller, book_id=book_id), 201)
 
     async def return_rental(self, request: Request) -> Response:
-        rental_id = parse_id(request.path_params["rental_id"], "rental id")
         caller = await self._caller(request)
+        rental_id = parse_id(request.path_params["rental_id"], "rental id")
         return self.respond(await self._svc.return_rental(caller, rental_id=rental_id))
 
+    async def openapi(self, request: Request) -> Response:
+        response = Response(self._openapi_body, media_type="application/json")
+        response.raw_headers.append(self._served_by)
+        return response
+
+    def _check_stats_token(self, request: Request) -> None:
+        """The counters reveal internals: with a ``stats_token`` configured, only its holder reads them."""
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        # Compared in constant time, as bytes (compare_digest refuses non-ASCII str).
+        presented = token.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, self._stats_token or b""):
+            raise Unauthorized("the stats need 'Authorization: Bearer <stats token>'")
+
     async def stats(self, request: Request) -> Response:
+        if self._stats_token is not None:
+            self._check_stats_token(request)
         service = self._svc
         data: dict[str, Any] = {"server": self.config.server_name, "pid": os.getpid()}
         data.update(service.db.stats.as_dict())
@@ -418,6 +478,11 @@ class ReferenceApp:
         data["cache"] = {"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
         data["query_cache"] = service.query_cache.counters.as_dict() if service.query_cache else None
         data["object_cache"] = service.profile_cache.counters.as_dict() if service.profile_cache else None
+        if service.query_cache or service.profile_cache:
+            data["cache_server"] = {
+                **self._cache_breaker.as_dict(),
+                "deferred_bumps": service.query_cache.deferred_bumps if service.query_cache else 0,
+            }
         if isinstance(self._sessions, MemorySessions):
             data["sessions_in_memory"] = len(self._sessions)
         return self.respond(data)

@@ -21,10 +21,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 CONFIG_ENV_VAR = "SCALESIM_APP_CONFIG"
+# A container deployment's key-value password, kept out of the config as PGPASSWORD keeps the
+# database's: it fills in the key-value and cache URLs that carry none.
+KEYVALUE_PASSWORD_ENV_VAR = "SCALESIM_KEYVALUE_PASSWORD"
+# ...and its ops token for /api/_stats, so that no generated deployment file holds a secret.
+STATS_TOKEN_ENV_VAR = "SCALESIM_STATS_TOKEN"
+# A bearer token (RFC 6750's token68 characters), long enough not to be guessed.
+STATS_TOKEN_MIN_CHARS = 16
+_STATS_TOKEN = re.compile(rf"[A-Za-z0-9._~+/-]{{{STATS_TOKEN_MIN_CHARS},256}}")
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "sessions": ("memory", "keyvalue"),
@@ -45,6 +55,8 @@ class AppConfig:
     server_name: str = "app"
     replica_urls: tuple[str, ...] = ()
     keyvalue_url: str | None = None
+    # Where the query and profile caches live; the key-value server when not given.
+    cache_url: str | None = None
     sessions: str = "memory"
     joins: str = "sql"
     query_cache: bool = False
@@ -54,6 +66,8 @@ class AppConfig:
     pool_size: int = 10
     session_ttl_seconds: int = 3600
     query_cache_ttl_seconds: int = 60
+    # The ops token /api/_stats asks for (`Authorization: Bearer <token>`); open to anyone when unset.
+    stats_token: str | None = None
 
     # Rental rules (see reference_app.charges).
     max_open_rentals: int = 5
@@ -71,6 +85,14 @@ class AppConfig:
     replica_lsn_refresh_ms: int = 200
     # How long arq workers sleep between polls of an empty queue (arq's default is 500 ms).
     worker_poll_ms: int = 50
+    # A separate cache server is optional: a call to it gives up after this long (connecting or
+    # waiting for the answer), and after a failure the caches are skipped for cache_retry_ms before
+    # one request tries again, so that requests fall back to the database at once.
+    cache_timeout_ms: int = 250
+    cache_retry_ms: int = 1000
+    # The session store is required: a request waits for it at most this long (a hung server then
+    # costs a clear 503, not a request that never ends).
+    keyvalue_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -79,6 +101,16 @@ class AppConfig:
     def needs_keyvalue(self) -> bool:
         """Whether any enabled behaviour keeps state in the key-value server."""
         return self.sessions == "keyvalue" or self.query_cache or self.object_cache or (self.charges == "precomputed")
+
+    @property
+    def cache_server_url(self) -> str | None:
+        """Where the caches live: ``cache_url``, else the key-value server."""
+        return self.cache_url or self.keyvalue_url
+
+    @property
+    def separate_cache_server(self) -> bool:
+        """Whether the caches have a server of their own, which may fail without the sessions failing."""
+        return self.cache_server_url is not None and self.cache_server_url != self.keyvalue_url
 
     @classmethod
     def from_mapping(cls, raw: Any) -> AppConfig:
@@ -111,7 +143,17 @@ class AppConfig:
         text = env.get(CONFIG_ENV_VAR)
         if not text:
             raise ValueError(f"{CONFIG_ENV_VAR} is not set: it must hold the app config as a JSON object")
-        return cls.from_json(text)
+        config = cls.from_json(text)
+        if config.stats_token is None and env.get(STATS_TOKEN_ENV_VAR):
+            config = config.replace(stats_token=env[STATS_TOKEN_ENV_VAR])
+        password = env.get(KEYVALUE_PASSWORD_ENV_VAR)
+        if not password:
+            return config
+        return config.replace(**{
+            name: _with_password(url, password)
+            for name in ("keyvalue_url", "cache_url")
+            if (url := getattr(config, name)) and "://" in url and "@" not in url.split("://", 1)[1].split("/", 1)[0]
+        })
 
     def to_json(self) -> str:
         """The JSON form accepted by :meth:`from_json` (handy for tests and deployments)."""
@@ -121,6 +163,11 @@ class AppConfig:
 
     def replace(self, **changes: Any) -> AppConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://:{quote(password, safe='')}@{rest}"
 
 
 def _coerce(name: str, annotation: Any, value: Any) -> Any:
@@ -161,12 +208,16 @@ def _validate(config: AppConfig) -> None:
     for url in config.replica_urls:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"app config 'replica_urls' must hold postgresql:// URLs, not {url!r}")
-    if config.keyvalue_url is not None and not config.keyvalue_url.startswith(
-        ("redis://", "rediss://", "valkey://", "unix://")
-    ):
-        raise ValueError(f"app config 'keyvalue_url' must be a redis:// URL, not {config.keyvalue_url!r}")
+    for url_name in ("keyvalue_url", "cache_url"):
+        server_url = getattr(config, url_name)
+        if server_url is not None and not server_url.startswith(("redis://", "rediss://", "valkey://", "unix://")):
+            raise ValueError(f"app config {url_name!r} must be a redis:// URL, not {server_url!r}")
     if not config.server_name:
         raise ValueError("app config 'server_name' must not be empty")
+    if config.stats_token is not None and _STATS_TOKEN.fullmatch(config.stats_token) is None:
+        raise ValueError(
+            f"app config 'stats_token' must be {STATS_TOKEN_MIN_CHARS} to 256 characters of A-Z a-z 0-9 - . _ ~ + /"
+        )
     positive = (
         "pool_size",
         "session_ttl_seconds",
@@ -178,6 +229,9 @@ def _validate(config: AppConfig) -> None:
         "profile_cache_ttl_seconds",
         "replica_lsn_refresh_ms",
         "worker_poll_ms",
+        "cache_timeout_ms",
+        "cache_retry_ms",
+        "keyvalue_timeout_ms",
     )
     for name in positive:
         if getattr(config, name) < 1:

@@ -52,6 +52,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: A ``min_lsn`` no replica can promise: the read must see every write, so only the primary serves it
+#: (used when the caller's own write position cannot be looked up, e.g. the key-value server is down).
+EVERY_WRITE = 2**64 - 1
+
+
 class DatabaseUnavailable(Exception):
     """A database could not be reached; the app answers 503."""
 
@@ -189,6 +194,10 @@ class Database:
             raise DatabaseUnavailable(f"primary is unavailable: {exc}") from exc
 
     async def _route(self, min_lsn: int) -> int:
+        if min_lsn >= EVERY_WRITE:
+            self.stats.primary_reads += 1
+            self.stats.primary_reads_for_freshness += 1
+            return PRIMARY
         replicas = len(self._pools) - 1
         start = self._next_replica
         self._next_replica = (start + 1) % replicas

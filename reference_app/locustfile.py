@@ -31,11 +31,21 @@ The measurements
     :class:`scalesim.loadgen.stats.WindowRecorder` (float milliseconds into 1%-precise,
     fixed-size histograms; Locust's own statistics round). A window opens with a reset and
     closes with a :class:`~scalesim.loadgen.stats.StepStats`. In distributed mode every worker
-    records its own window and the master collects and merges them with custom messages.
+    records its own window and the master collects and merges them with custom messages. An
+    :class:`~scalesim.loadgen.stats.IntervalRecorder` also keeps the last second (requests,
+    failures, latency), for the per-second timeline of the ``progress`` events.
+
+The acknowledged writes
+    A rent answered 201 (rental id, user, book) and a return answered 200 (rental id) are
+    promises the app made; each Locust process appends them to its own file
+    (``acks_dir/<pid>.jsonl``, :class:`scalesim.loadgen.acks.AckLog`), in batches about once
+    a second and at exit. A request whose answer never came (time-out, reset) is not recorded:
+    the write may or may not have happened. :mod:`scalesim.audit` checks them after the run.
 
 The events
     JSON lines on the pipe the driver passes (``events_fd``) or a file (``events_path``):
-    ``run_start``, ``step_start``, ``measure_start``, ``progress`` (about once a second),
+    ``run_start``, ``step_start``, ``measure_start``, ``progress`` (about once a second, also
+    while requests fail),
     ``step_end`` (the StepStats), ``warning``, ``error``, ``done``. See
     :mod:`scalesim.loadgen.driver` for their fields.
 
@@ -45,6 +55,7 @@ it uses are pure Python.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -63,17 +74,21 @@ from locust import FastHttpUser, LoadTestShape, between, events
 from locust.runners import MasterRunner, WorkerRunner
 
 try:
+    from scalesim.loadgen.acks import AckLog
     from scalesim.loadgen.config import LoadConfig, seed_user_index
-    from scalesim.loadgen.stats import WindowRecorder
+    from scalesim.loadgen.stats import IntervalRecorder, WindowRecorder
 except ImportError:  # run by hand from a checkout without scalesim installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scalesim.loadgen.acks import AckLog
     from scalesim.loadgen.config import LoadConfig, seed_user_index
-    from scalesim.loadgen.stats import WindowRecorder
+    from scalesim.loadgen.stats import IntervalRecorder, WindowRecorder
 
 logger = logging.getLogger("scalesim.locust")
 
 CONFIG = LoadConfig.from_env()
 RECORDER = WindowRecorder(relative_error=CONFIG.relative_error)
+INTERVAL = IntervalRecorder(relative_error=CONFIG.relative_error)
+ACKS = AckLog(folder=CONFIG.acks_dir, name=str(os.getpid()))
 
 #: Locust keeps per-second counters and a chart history that grow with the run; trimmed to these
 LOCUST_PER_SECOND_KEEP_S = 120
@@ -247,7 +262,7 @@ def rent_and_return(user: BookRentalUser) -> None:
     if book_id is None:
         browse_catalog(user)
         return
-    _, rental = user.call(
+    status, rental = user.call(
         "POST",
         "/api/rentals",
         name="/api/rentals",
@@ -255,8 +270,14 @@ def rent_and_return(user: BookRentalUser) -> None:
         ok=(200, 201),
         expected=_EXPECTED_RENT_ANSWERS,
     )
-    if isinstance(rental, dict) and "id" in rental:
-        user.call("POST", f"/api/rentals/{rental['id']}/return", name="/api/rentals/{id}/return")
+    if not (isinstance(rental, dict) and "id" in rental):
+        return
+    rental_id = int(rental["id"])
+    if status == 201 and user.user_id is not None:
+        ACKS.rented(rental_id=rental_id, user_id=user.user_id, book_id=book_id)
+    status, _ = user.call("POST", f"/api/rentals/{rental_id}/return", name="/api/rentals/{id}/return")
+    if status == 200:
+        ACKS.returned(rental_id=rental_id)
 
 
 TASK_FUNCTIONS = {
@@ -400,6 +421,9 @@ class StepController:
         self.started = False
         self.steps_completed = 0
         self._step_failures_base = 0
+        self._started = time.monotonic()  # run_start: the origin of the progress events' ``t``
+        # the progress interval: this process's own requests, or what the workers sent since the last tick
+        self._interval = IntervalRecorder(relative_error=config.relative_error)
         # distributed mode: per-worker lifetime counters and window replies
         self._worker_counts: dict[str, tuple[int, int]] = {}
         self._collect_seq = 0
@@ -537,28 +561,47 @@ class StepController:
     def on_counts(self, environment: Any, msg: Any, **_: Any) -> None:
         data = msg.data or {}
         self._worker_counts[msg.node_id] = (int(data.get("requests", 0)), int(data.get("failures", 0)))
+        if data.get("interval"):
+            self._interval.merge_snapshot(data["interval"])
 
     # -- progress ------------------------------------------------------------------------------
 
     def progress_loop(self) -> None:
+        """A ``progress`` event every interval, for the whole run: the per-second timeline.
+
+        It must keep coming while every request fails (a server killed mid-run), so nothing in
+        one tick may end the loop.
+        """
         interval = self.config.progress_interval_s
         last_t = time.monotonic()
         last_requests, _ = self.lifetime_counts()
         while True:
             gevent.sleep(interval)
-            now = time.monotonic()
-            requests, failures = self.lifetime_counts()
-            rps = (requests - last_requests) / (now - last_t) if now > last_t else 0.0
-            last_t, last_requests = now, requests
-            self.sink.emit(
-                "progress",
-                step=self.step,
-                phase=self.phase,
-                users=self.users_now(),
-                rps=round(rps, 2),
-                failures=failures - self._step_failures_base,
-            )
+            try:
+                last_t, last_requests = self._progress(last_t, last_requests)
+            except Exception:
+                logger.exception("progress tick failed")
             _trim_locust_memory(self.environment)
+
+    def _progress(self, last_t: float, last_requests: int) -> tuple[float, int]:
+        now = time.monotonic()
+        requests, failures = self.lifetime_counts()
+        rps = (requests - last_requests) / (now - last_t) if now > last_t else 0.0
+        if not self.distributed:
+            self._interval.merge_snapshot(INTERVAL.take())
+        figures = self._interval.summary()
+        self._interval.take()
+        self.sink.emit(
+            "progress",
+            step=self.step,
+            phase=self.phase,
+            users=self.users_now(),
+            t=round(now - self._started, 3),
+            rps=round(rps, 2),
+            failures=failures - self._step_failures_base,
+            **figures,
+        )
+        return now, requests
 
 
 CONTROLLER: StepController | None = None
@@ -594,6 +637,8 @@ def _on_request(
         if len(error) > 200:
             error = error[:200]
     RECORDER.record(request_type, name, float(response_time or 0.0), error)
+    INTERVAL.record(float(response_time or 0.0), failed=error is not None,
+                    reason=None if error is None else f"{request_type} {name}: {error}")
 
 
 def _worker_setup(environment: Any) -> None:
@@ -611,9 +656,8 @@ def _worker_setup(environment: Any) -> None:
         while True:
             gevent.sleep(CONFIG.progress_interval_s)
             try:
-                runner.send_message(
-                    "scalesim_counts", {"requests": RECORDER.lifetime_requests, "failures": RECORDER.lifetime_failures}
-                )
+                counts = {"requests": RECORDER.lifetime_requests, "failures": RECORDER.lifetime_failures}
+                runner.send_message("scalesim_counts", {**counts, "interval": INTERVAL.take()})
             except Exception as exc:  # not connected yet, or the master is gone
                 logger.debug("could not send counts: %s", exc)
 
@@ -622,10 +666,26 @@ def _worker_setup(environment: Any) -> None:
     gevent.spawn(push_counts)
 
 
+def _flush_acks() -> None:
+    try:
+        ACKS.flush()
+    except OSError as exc:  # they stay in memory: the next flush (or the one at exit) tries again
+        logger.error("could not write acknowledged writes to %s: %s", ACKS.path, exc)
+
+
+def _flush_acks_loop() -> None:
+    while True:
+        gevent.sleep(CONFIG.acks_flush_s)
+        _flush_acks()
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     global CONTROLLER, SINK
     runner = environment.runner
+    if CONFIG.acks_dir and not isinstance(runner, MasterRunner):  # the master makes no requests
+        gevent.spawn(_flush_acks_loop)
+        atexit.register(_flush_acks)
     if isinstance(runner, WorkerRunner):
         _worker_setup(environment)
         return
@@ -651,6 +711,7 @@ def _on_init(environment: Any, **_: Any) -> None:
 
 @events.quitting.add_listener
 def _on_quitting(environment: Any, **_: Any) -> None:
+    _flush_acks()
     if CONTROLLER is None or SINK is None:
         return
     if not CONTROLLER.done_sent:

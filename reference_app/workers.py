@@ -5,9 +5,11 @@ key-value server and answers; an arq worker (``python -m reference_app.workers``
 same ``SCALESIM_APP_CONFIG`` as the app) picks them up:
 
 ``refresh_profile(user_id)`` (``object_cache``)
-    Recompute the user's PROFILE from the primary and store it in ``profile:<user_id>``, stamped
-    with the user's write count read *before* the query, so the stamp never overstates what the
-    profile reflects (see ``cache.py`` for how the app uses the stamp).
+    Recompute the user's PROFILE from the primary and store it in ``profile:<user_id>`` on the
+    cache server, stamped with the user's write count (from the key-value server) read *before* the
+    query, so the stamp never overstates what the profile reflects (see ``cache.py`` for how the app
+    uses the stamp). With the cache server down the store is skipped, as the app's are; the app
+    then reads profiles from the database until the server answers again.
 
 ``recompute_charges(user_id)`` (``charges: precomputed``)
     Fold the user's returned-but-unsettled rentals into ``user_charges`` and mark them settled, in
@@ -25,15 +27,17 @@ keep no job results, since nothing reads them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from typing import Any, ClassVar
 
 import redis.asyncio as redis
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
-from reference_app.cache import ProfileCache
+from reference_app.cache import CacheBreaker, ProfileCache, connect_cache
 from reference_app.charges import total_charges
 from reference_app.config import AppConfig
 from reference_app.db import Database, DatabaseUnavailable
@@ -53,16 +57,22 @@ async def startup(ctx: dict[str, Any]) -> None:
     # Workers read and write the primary only: they compute what replicas will later serve.
     database = Database(config=config.replace(reads="primary"), queries=build_queries())
     await database.open()
+    # The job queue and the write marks are on the key-value server; profiles go to the cache server.
     client = redis.Redis.from_url(config.keyvalue_url or "")
+    cache_client = connect_cache(config) if config.separate_cache_server else client
     ctx["db"] = database
     ctx["client"] = client
+    ctx["cache_client"] = cache_client
     ctx["marks"] = KeyValueWriteMarks(client)
-    ctx["profiles"] = ProfileCache(client=client, ttl_seconds=config.profile_cache_ttl_seconds)
+    breaker = CacheBreaker(retry_seconds=config.cache_retry_ms / 1000)
+    ctx["profiles"] = ProfileCache(client=cache_client, ttl_seconds=config.profile_cache_ttl_seconds, breaker=breaker)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     if "db" in ctx:
         await ctx["db"].close()
+    if ctx.get("cache_client") is not None and ctx["cache_client"] is not ctx.get("client"):
+        await ctx["cache_client"].aclose()
     if "client" in ctx:
         await ctx["client"].aclose()
 
@@ -108,6 +118,7 @@ class WorkerSettings:
     keep_result = 0
     max_tries = 3
     job_timeout = 30
+    reconnect_delay_s = 1.0
 
 
 def build_worker(config: AppConfig, **overrides: Any) -> Worker:
@@ -138,12 +149,18 @@ def main() -> int:
     except ValueError as exc:
         print(f"reference_app.workers: {exc}", file=sys.stderr)
         return 2
-    try:
-        worker.run()
-    except (OSError, redis.ConnectionError, DatabaseUnavailable) as exc:
-        print(f"reference_app.workers: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    while True:
+        try:
+            worker.run()  # returns when SIGTERM or SIGINT stops it
+            return 0
+        except (OSError, redis.ConnectionError, redis.TimeoutError, DatabaseUnavailable) as exc:
+            # The key-value server or the database went away (a crash, a restart): a worker waits for
+            # them to come back rather than leaving the job queue unattended for good.
+            print(f"reference_app.workers: {exc}; reconnecting in {WorkerSettings.reconnect_delay_s:g} s",
+                  file=sys.stderr, flush=True)
+        time.sleep(WorkerSettings.reconnect_delay_s)
+        asyncio.set_event_loop(asyncio.new_event_loop())  # arq ran (and may have closed) the old one
+        worker = build_worker(config)
 
 
 if __name__ == "__main__":

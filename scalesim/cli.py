@@ -74,6 +74,16 @@ def _progress(quiet: bool) -> Callable[[str], None]:
     return show
 
 
+def _sweep_orphans() -> int:
+    """Stop and tidy what runs killed by SIGKILL left behind (scalesim/deploy/ledger.py); a line per run."""
+    from scalesim.deploy.ledger import sweep
+
+    reports = sweep()
+    for report in reports:
+        click.echo(report.line(), err=True)
+    return len(reports)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scalesim")
 def main() -> None:
@@ -93,26 +103,41 @@ def main() -> None:
               help="Drive an existing deployment (seeded with the scenario's data) instead of starting one.")
 @click.option("--locust-workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Locust's distributed mode: a master plus this many worker processes.")
+@click.option("--fault", "faults", multiple=True, metavar="FAULT",
+              help="Inject a fault while loaded, e.g. kill:app1@30s+20s, stop:cache@60s+20s, pause:primary@40s+10s, "
+                   "latency:primary=20ms@30s+30s (repeatable; see docs/faults.md).")
+@click.option("--users", "fault_users", type=click.IntRange(1, 100_000), default=None,
+              help="With --fault: the constant number of users (default: half the quick profile's last step).")
 @friendly_errors
 def run(stage: str, components: str, app_servers: int | None, replicas: int | None, no_budgets: bool,
-        runs_dir: Path, quick: bool, quiet: bool, target: str | None, locust_workers: int) -> None:
+        runs_dir: Path, quick: bool, quiet: bool, target: str | None, locust_workers: int,
+        faults: tuple[str, ...], fault_users: int | None) -> None:
     """Bring STAGE up on real servers, load it with Locust, measure, report, tear down.
 
     STAGE is a stage name (stage0..stage5), a scenario file, or `all` (every stage in turn, then a
-    comparison report).
+    comparison report). With --fault the load is one constant level, held until 30 s after the last
+    fault ends, and the report shows what each fault cost.
     """
     from scalesim.report.build import comparison_report
     from scalesim.topology import bundled_stages
 
+    _sweep_orphans()
     settings = _settings(components, no_budgets)
     if target is not None:
         _check_target(target)
         if stage == "all":
             raise ScalesimError("--target drives one deployment: give its stage, not `all`")
+        if faults:
+            raise ScalesimError("--fault acts on servers scalesim started: it cannot be combined with --target")
+    if fault_users is not None and not faults:
+        raise ScalesimError("--users sets the load of a fault run: give at least one --fault")
     if stage != "all":
         _run_one(stage, app_servers=app_servers, replicas=replicas, settings=settings, runs_dir=runs_dir,
-                 quick=quick, quiet=quiet, target=target, locust_workers=locust_workers)
+                 quick=quick, quiet=quiet, target=target, locust_workers=locust_workers, faults=faults,
+                 fault_users=fault_users)
         return
+    if faults:
+        raise ScalesimError("--fault names nodes of one stage: give its stage, not `all`")
     from scalesim.deploy.local import new_run_id
 
     group_dir = runs_dir / new_run_id("all")
@@ -132,25 +157,42 @@ def _check_target(url: str) -> None:
 
 
 def _run_one(stage: str, *, app_servers: int | None, replicas: int | None, settings: Any, runs_dir: Path,
-             quick: bool, quiet: bool, target: str | None = None, locust_workers: int = 0) -> dict[str, Any]:
+             quick: bool, quiet: bool, target: str | None = None, locust_workers: int = 0,
+             faults: tuple[str, ...] = (), fault_users: int | None = None) -> dict[str, Any]:
+    from scalesim.audit import AuditFailed
+    from scalesim.deploy.machine import check_fits_machine
+    from scalesim.faults.spec import FaultPlan
     from scalesim.report.build import run_report
     from scalesim.report.console import LiveProgress, summary_table
     from scalesim.runner import Run
 
     scenario = _scenario(stage, app_servers, replicas)
+    check_fits_machine(scenario, profile=scenario.profile(quick=quick), servers=target is None,
+                       locust_workers=locust_workers)
+    plan = FaultPlan.parse(faults, scenario=scenario)  # before anything starts: a typo costs one line
     run_dir = _new_run_dir(runs_dir, scenario.name)
     progress = _progress(quiet)
     live = LiveProgress(scenario=scenario.name, quiet=quiet)
     progress(f"run folder {run_dir}")
     the_run = Run(scenario=scenario, run_dir=run_dir, quick=quick, settings=settings, progress=progress,
-                  on_load_event=live.handle, target=target, locust_workers=locust_workers)
+                  on_load_event=live.handle, target=target, locust_workers=locust_workers, faults=plan,
+                  fault_users=fault_users)
+    failed_audit: AuditFailed | None = None
     try:
         results = the_run.execute()
+    except AuditFailed as failed:  # its results are saved: the report and summary come before the error
+        results, failed_audit = failed.results, failed
     finally:
         live.close()
     html, _ = run_report(results, run_dir)
     click.echo(summary_table(results))
+    if results.get("faults"):
+        from scalesim.report.faults import fault_table_text
+
+        click.echo(fault_table_text(results))
     click.echo(f"results: {run_dir / 'results.json'}\nreport:  {html}")
+    if failed_audit is not None:
+        raise failed_audit
     return results
 
 
@@ -206,18 +248,27 @@ def up(stage: str, components: str, app_servers: int | None, replicas: int | Non
        runs_dir: Path) -> None:
     """Bring STAGE up and leave it running (stop it with `scalesim down`)."""
     from scalesim.deploy.local import LocalDeployment
+    from scalesim.deploy.machine import check_fits_machine
     from scalesim.runner import terminate_as_interrupt
 
+    _sweep_orphans()
     active = _active_run_dir(runs_dir)
     if active is not None:
         raise ScalesimError(f"a deployment is already up ({active.name}); run `scalesim down` first")
     scenario = _scenario(stage, app_servers, replicas)
+    check_fits_machine(scenario, profile=None)
     run_dir = _new_run_dir(runs_dir, scenario.name)
     deployment = LocalDeployment(scenario=scenario, run_dir=run_dir, settings=_settings(components, no_budgets),
                                  progress=_progress(False))
     with terminate_as_interrupt():
         deployment.up()
-    (runs_dir / ACTIVE_FILE).write_text(str(run_dir.resolve()))
+    try:  # found by `scalesim down` through the marker; kept by the ledger as meant to outlive this command
+        (runs_dir / ACTIVE_FILE).write_text(str(run_dir.resolve()))
+        deployment.detach()
+    except BaseException:
+        deployment.down()
+        (runs_dir / ACTIVE_FILE).unlink(missing_ok=True)
+        raise
     click.echo(f"{scenario.name} is up in {deployment.timings['up_seconds']:.1f} s: {deployment.entry_url}")
     click.echo(f"run folder: {run_dir}   (scalesim status / scalesim down)")
 
@@ -257,6 +308,8 @@ def status(runs_dir: Path, as_json: bool) -> None:
     click.echo(f"{state['scenario']}  {state['entry_url']}  (run {state['run_id']})")
     budgets = "enforced" if state.get("budgets_enforced") else f"not enforced: {state.get('budgets_note')}"
     click.echo(f"CPU budgets {budgets}")
+    if state.get("secrets_file"):  # URLs below are redacted; the passwords are in this 0600 file
+        click.echo(f"passwords: {run_dir / state['secrets_file']}")
     click.echo(f"{'node':<10} {'role':<9} {'port':>6} {'pid':>8} {'cpu':>6}  {'health':<9} url")
     for node in state["nodes"]:
         cpu = f"{node['cpu_budget']:.2f}" if node.get("cpu_budget") else "-"
@@ -268,16 +321,65 @@ def status(runs_dir: Path, as_json: bool) -> None:
 @runs_dir_option
 @friendly_errors
 def down(runs_dir: Path) -> None:
-    """Stop the deployment left running by `scalesim up` (works from any shell)."""
-    from scalesim.deploy.local import read_state, stop_from_state
+    """Stop the deployment left running by `scalesim up` (works from any shell), and whatever a
+    scalesim killed by SIGKILL left running."""
+    from scalesim.deploy.ledger import forget
+    from scalesim.deploy.local import read_state, remove_state, stop_from_state
 
+    swept = _sweep_orphans()
     run_dir = _active_run_dir(runs_dir)
     if run_dir is None:
+        if swept:
+            return
         raise ScalesimError(f"nothing is up (no active deployment under {runs_dir})")
-    stopped = stop_from_state(read_state(run_dir))
-    (run_dir / "deployment.json").unlink(missing_ok=True)
+    state = read_state(run_dir)
+    stopped = stop_from_state(state)
+    forget(str(state.get("run_id") or run_dir.name))
+    remove_state(run_dir)  # the state, the secrets file and the servers' password files
     (runs_dir / ACTIVE_FILE).unlink(missing_ok=True)
     click.echo(f"stopped {len(stopped)} node(s): {', '.join(stopped) or 'none were running'}")
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@runs_dir_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Longest wait, in seconds, for the replicas to catch up and for the job queue to drain.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole audit as JSON.")
+@friendly_errors
+def audit(run_dir: Path | None, runs_dir: Path, timeout: float, as_json: bool) -> None:
+    """Audit the deployment left running by `scalesim up`: replicas, precomputed charges, and with
+    RUN_DIR (a run that loaded it, e.g. `scalesim run STAGE --target URL`) the writes it acknowledged.
+
+    Exits 0 when every check passed, 1 with one line per problem when not.
+    """
+    from scalesim.audit import audit_from_app_config, audit_lines
+    from scalesim.deploy.local import STATE_FILE, read_state
+
+    active = _active_run_dir(runs_dir)
+    if active is None:
+        raise ScalesimError(f"nothing is up (no active deployment under {runs_dir}); start one with `scalesim up`")
+    app_config = read_state(active, with_secrets=True).get("app_config") or {}  # URLs with their passwords
+    if not app_config.get("database_url"):
+        raise ScalesimError(f"{active / STATE_FILE} names no database to audit")
+    result = audit_from_app_config(app_config, acks_dir=_acks_folder(run_dir) if run_dir else None,
+                                   timeout_s=timeout)
+    click.echo(json.dumps(result, indent=2) if as_json else "\n".join(audit_lines(result)))
+    for problem in result["problems"]:
+        click.echo(f"problem: {problem}", err=True)
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def _acks_folder(run_dir: Path) -> Path:
+    """The acknowledged writes of a run folder (``locust/acks``), or a folder holding them itself."""
+    if (run_dir / "locust").is_dir():
+        return run_dir / "locust" / "acks"  # a run that acknowledged nothing has no acks folder: zero writes
+    for folder in (run_dir / "acks", run_dir):
+        if any(folder.glob("*.jsonl")):
+            return folder
+    raise ScalesimError(f"{run_dir} is neither a run folder (with locust/) nor a folder of acknowledged writes "
+                        "(*.jsonl)")
 
 
 @main.command()

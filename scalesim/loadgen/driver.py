@@ -26,9 +26,16 @@ The events, in order (every event also carries ``"time"``, epoch seconds, Locust
 ``{"event": "measure_start", "step": i, "users": n, "users_actual": m}``
     ramp and warm-up are over, statistics were reset: the measurement window opens. The driver
     snapshots the Locust tree's CPU here; a caller snapshots its per-node CPU.
-``{"event": "progress", "step": i, "phase", "users", "rps", "failures"}``
-    about once a second: ``phase`` is ``starting|ramp|warmup|measure|collect|done``, ``rps`` is
-    over the last second, ``failures`` counts failed requests since the step started.
+``{"event": "progress", "step": i, "phase", "users", "t", "rps", "requests", "failures",``
+``"failures_interval", "errors_interval", "mean_ms", "p95_ms"}``
+    about once a second, in every phase and whether requests succeed or fail (a per-second timeline
+    of the whole run): ``phase`` is ``starting|ramp|warmup|measure|collect|done``, ``t`` the seconds
+    since ``run_start``; ``rps``, ``requests`` and ``failures_interval`` (failed requests,
+    ``errors_interval`` the same per reason) are over the last interval, ``mean_ms`` and ``p95_ms``
+    the latency of that interval's responses (``null`` when none came back); ``failures`` counts
+    failed requests since the step started. In distributed mode the interval figures are what the
+    workers reported since the previous tick (each sends its counts and a small histogram once a
+    second).
 ``{"event": "step_end", "step": i, "users": n, "users_actual", "workers_reporting", "window_s",``
 ``"started_at", "ended_at", "total": {...}, "endpoints": [{...}], "errors": {message: count},``
 ``"rejections": {key: count}, "loadgen_cpu_seconds"}``
@@ -47,6 +54,10 @@ before returning or raising. The run is bounded in time: see
 :class:`~scalesim.loadgen.config.DriverConfig`. A host that does not answer is not an error:
 the requests fail and the steps say so. Locust failing to start is a :class:`LoadgenError`
 with a one-line reason and the log to look at.
+
+Every write the app acknowledged (a rent answered 201, a return answered 200) is recorded by the
+Locust process that saw it, in ``out_dir/acks/<pid>.jsonl`` (see :mod:`scalesim.loadgen.acks`),
+for the integrity audit that follows a run (:mod:`scalesim.audit`).
 """
 
 from __future__ import annotations
@@ -92,8 +103,9 @@ class LoadResult:
 
     ``steps`` in order; ``loadgen_cpu_seconds`` is the CPU time of the whole Locust process
     tree over the whole run (start-up included); ``files`` names what was written into
-    ``out_dir`` (``events`` — every event line, ``locust_log`` / ``worker_logs``, and Locust's
-    own ``stats_csv``, ``history_csv``, ``failures_csv``, ``html``, ``json`` when written).
+    ``out_dir`` (``events`` — every event line, ``acks`` — the folder of acknowledged writes,
+    ``locust_log`` / ``worker_logs``, and Locust's own ``stats_csv``, ``history_csv``,
+    ``failures_csv``, ``html``, ``json`` when written).
     """
 
     steps: list[StepStats]
@@ -344,8 +356,9 @@ def run_load(
     *workload* is a scenario's ``workload`` section (``think_time``, ``mix``), *load* its
     ``load`` or ``quick`` section (``steps``, ``step_seconds``, ``warmup_seconds``, optional
     ``spawn_rate``), *seeded_users* how many seed users exist to log in as. Locust's logs and
-    reports, and ``events.jsonl``, go to *out_dir*. *on_event* is called on this thread with
-    every event (see the module docstring); an exception from it stops the run and propagates.
+    reports, ``events.jsonl`` and the acknowledged writes (``acks/``) go to *out_dir*.
+    *on_event* is called on this thread with every event (see the module docstring); an
+    exception from it stops the run and propagates.
     *locust_workers* > 0 runs a Locust master and that many workers. *timeout_s* bounds the
     whole run (default: from the plan, see :class:`DriverConfig`).
 
@@ -355,8 +368,9 @@ def run_load(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     locustfile = Path(cfg.locustfile) if cfg.locustfile else default_locustfile()
+    overrides = {"acks_dir": str(out / "acks"), **dict(cfg.load_overrides)}
     load_cfg = LoadConfig.from_scenario(
-        workload=workload, load=load, seeded_users=seeded_users, workers=locust_workers, **dict(cfg.load_overrides)
+        workload=workload, load=load, seeded_users=seeded_users, workers=locust_workers, **overrides
     )
     expected = load_cfg.expected_duration_s()
     limit = timeout_s if timeout_s is not None else expected * cfg.timeout_factor + cfg.timeout_margin_s
@@ -365,6 +379,9 @@ def run_load(
     for name in _LOCUST_OUTPUTS.values():  # a previous run's reports must not pass for this one's
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
+    if load_cfg.acks_dir:  # ... nor its acknowledged writes
+        for stale in Path(load_cfg.acks_dir).glob("*.jsonl"):
+            stale.unlink(missing_ok=True)
     steps: list[StepStats] = []
     warnings: list[str] = []
     started_at = time.time()
@@ -374,6 +391,8 @@ def run_load(
 
     def result(complete: bool) -> LoadResult:
         files: dict[str, Any] = {"events": str(events_path)}
+        if load_cfg.acks_dir:
+            files["acks"] = load_cfg.acks_dir
         if procs.log_paths:
             files["locust_log"] = str(procs.log_paths[0])
             if len(procs.log_paths) > 1:

@@ -21,6 +21,11 @@ default) for every percentile, in fixed memory, however many samples it sees::
 Histograms with the same parameters merge exactly (bucket counts add up), which is how the
 windows of several Locust worker processes become one step.
 
+Next to the window recorder, an :class:`IntervalRecorder` keeps the last progress interval
+(about a second): requests, failures and a histogram for its mean and p95. Read and reset on
+every progress tick, it makes a per-second timeline that shows a fault (a server killed
+mid-run) as it happens, whatever step or phase the run is in.
+
 This module is pure Python and never imports Locust: the locustfile imports it inside the
 Locust process, and the driver and the report import it outside.
 """
@@ -36,6 +41,7 @@ from typing import Any
 __all__ = [
     "TOTAL_NAME",
     "EndpointStats",
+    "IntervalRecorder",
     "LogHistogram",
     "StepStats",
     "WindowRecorder",
@@ -498,3 +504,65 @@ class WindowRecorder:
             errors=dict(self.errors),
             rejections=dict(self.rejections),
         )
+
+
+class IntervalRecorder:
+    """One progress interval: requests, failed requests and a latency histogram, reset on every read.
+
+    Feed it alongside the :class:`WindowRecorder` (every request, in every phase, warm-ups and
+    ramps included); :meth:`take` returns the interval as plain data and starts the next one. In
+    distributed mode each worker sends its :meth:`take` with its lifetime counts once a second
+    and the master merges (:meth:`merge_snapshot`) whatever arrived before its own tick, so no
+    request is lost or counted twice, though an interval's edges are each worker's, not the master's.
+    """
+
+    #: Distinct failure reasons kept per interval (a fault makes a handful; a bug could make many).
+    MAX_REASONS = 20
+
+    def __init__(self, *, relative_error: float = 0.01) -> None:
+        self.relative_error = relative_error
+        self.requests = 0
+        self.failures = 0
+        self.errors: dict[str, int] = {}
+        self.histogram = LogHistogram(relative_error=relative_error)
+
+    def record(self, response_time_ms: float, *, failed: bool, reason: str | None = None) -> None:
+        self.requests += 1
+        if failed:
+            self.failures += 1
+            if reason is not None:
+                self._count(reason, 1)
+        self.histogram.record(response_time_ms)
+
+    def _count(self, reason: str, count: int) -> None:
+        key = reason if reason in self.errors or len(self.errors) < self.MAX_REASONS else "other"
+        self.errors[key] = self.errors.get(key, 0) + count
+
+    def take(self) -> dict[str, Any]:
+        """The interval so far (JSON/msgpack-safe, for :meth:`merge_snapshot`), then reset."""
+        snapshot = {"requests": self.requests, "failures": self.failures, "errors": self.errors,
+                    "histogram": self.histogram.to_dict()}
+        self.requests = self.failures = 0
+        self.errors = {}
+        self.histogram.reset()
+        return snapshot
+
+    def merge_snapshot(self, snap: Mapping[str, Any]) -> None:
+        self.requests += int(snap.get("requests", 0))
+        self.failures += int(snap.get("failures", 0))
+        for reason, count in (snap.get("errors") or {}).items():
+            self._count(str(reason), int(count))
+        if snap.get("histogram"):
+            self.histogram.merge_dict(snap["histogram"])
+
+    def summary(self) -> dict[str, Any]:
+        """``requests``, ``failures_interval`` with ``errors_interval`` (count per reason), ``mean_ms`` and
+        ``p95_ms`` (``None`` without requests)."""
+        hist = self.histogram
+        return {
+            "requests": self.requests,
+            "failures_interval": self.failures,
+            "errors_interval": dict(self.errors),
+            "mean_ms": _r(hist.mean) if hist.count else None,
+            "p95_ms": _r(hist.percentile(95)) if hist.count else None,
+        }

@@ -1,8 +1,9 @@
 """Counters read from the running nodes at the edges of each measurement window.
 
 The app servers report their own counters (queries per database, cache hits and misses) at
-``/api/_stats``; PostgreSQL reports committed transactions per database and, on the primary, each
-replica's replay lag. A window's figures are the difference of two snapshots.
+``/api/_stats``, to the holder of the deployment's ops token (the app config's ``stats_token``);
+PostgreSQL reports committed transactions per database and, on the primary, each replica's replay
+lag. A window's figures are the difference of two snapshots.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from typing import Any
 from scalesim.components.postgres import DATABASE
 
 
-def app_stats(url: str, *, timeout: float = 2.0) -> dict[str, Any]:
+def app_stats(url: str, *, token: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+    """An app server's counters; ``token`` is the deployment's ``stats_token`` when it has one.
+
+    Empty when the server does not answer (or refuses the token): a snapshot must not fail a run.
+    """
+    request = urllib.request.Request(f"{url}/api/_stats")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url}/api/_stats", timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             data: dict[str, Any] = json.loads(response.read())
             return data
     except (urllib.error.URLError, OSError, ValueError):

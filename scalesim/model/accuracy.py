@@ -52,11 +52,13 @@ CURVE_POINTS = 120
 
 def compare_with_measurement(results: Mapping[str, Any]) -> dict[str, Any]:
     """The ``model`` section of a results document (see the module docstring)."""
+    if results.get("faults"):
+        # CPU per request while servers crash and restart is not the steady-state cost the model needs.
+        return _no_model("its load was disturbed by injected faults; calibrate from a run without them")
     try:
         model = calibrate(results)
     except ModelError as exc:
-        return {"note": f"No model for this run: {exc}.", "curve": None, "steps": [], "accuracy": None,
-                "network": None}
+        return _no_model(str(exc))
     # Steps with nothing measured have no error to show (and JSON has no NaN).
     steps = [s for s in results.get("steps") or []
              if (s.get("total") or {}).get("requests") and s["total"].get("rps") and s["total"].get("mean_ms")]
@@ -71,6 +73,11 @@ def compare_with_measurement(results: Mapping[str, Any]) -> dict[str, Any]:
         "accuracy": accuracy,
         "network": model.network_dict(),
     }
+
+
+def _no_model(reason: str) -> dict[str, Any]:
+    return {"note": f"No model for this run: {reason}.", "curve": None, "steps": [], "accuracy": None,
+            "network": None}
 
 
 def measured_bottleneck(step: Mapping[str, Any]) -> tuple[str | None, float | None]:

@@ -21,8 +21,10 @@ Background CPU
 
 Stations
     One station per role on the request path: ``balancer``; ``app`` with one server per app node
-    (each node is its own host: requests spread over them); ``keyvalue``; ``primary``; ``replicas``
-    with one copy per replica (a read picks one uniformly). Background workers are not on the
+    (each node is its own host: requests spread over them); ``keyvalue`` (sessions, write marks);
+    ``cache`` (the caches' own server, stage3+: cached reads visit it as they visit ``keyvalue``, its
+    demand per request averaging hits and misses); ``primary``; ``replicas`` with one copy per
+    replica (a read picks one uniformly). Background workers are not on the
     request path: their CPU is reported, not modelled as a station. A station's demand is the CPU of
     all its nodes per request (each request is served by one of them).
 
@@ -114,13 +116,14 @@ STATION_ROLES: tuple[tuple[str, str], ...] = (
     ("balancer", "balancer"),
     ("app", "app"),
     ("keyvalue", "keyvalue"),
+    ("cache", "cache"),
     ("primary", "primary"),
     ("replicas", "replica"),
 )
 #: Node roles that are not on the request path.
 BACKGROUND_ROLES = ("worker",)
 #: Roles served by one single-threaded process per node (at most one core each without budgets).
-SINGLE_PROCESS_ROLES = ("app", "keyvalue")
+SINGLE_PROCESS_ROLES = ("app", "keyvalue", "cache")
 #: CFS period used for the budgets (scalesim.measure.budgets.PERIOD_US).
 QUOTA_PERIOD_S = 0.1
 

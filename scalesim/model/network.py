@@ -438,31 +438,24 @@ _DISTRIBUTION_FIELDS = ("kind", "cv")
 def load_network(path: str | Path) -> Network:
     """Read a network from a YAML or JSON file; errors name the file and the field."""
     path = Path(path)
+    if path.suffix.lower() != ".json":
+        from scalesim.yamlfile import YamlFileError, read_yaml_file
+
+        try:  # plain data only, bounded in size, nesting and alias expansion
+            data = read_yaml_file(path)
+        except YamlFileError as exc:
+            raise ModelError(str(exc)) from None
+        return network_from_dict(data, source=str(path))
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): "
-                             f"{exc.msg}") from None
-    else:
-        data = _load_yaml(text, path)
-    return network_from_dict(data, source=str(path))
-
-
-def _load_yaml(text: str, path: Path) -> Any:
-    import yaml  # only needed when a YAML file is read
-
+    except (OSError, UnicodeError) as exc:
+        raise ModelError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ModelError(f"{path}: not valid YAML{where}: {_one_line(problem)}") from None
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): "
+                         f"{exc.msg}") from None
+    return network_from_dict(data, source=str(path))
 
 
 def network_from_dict(data: Any, *, source: str = "network") -> Network:

@@ -13,6 +13,7 @@ from typing import Any
 
 from scalesim.report import plots
 from scalesim.report.document import Report
+from scalesim.report.faults import add_fault_section
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -57,6 +58,7 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     if not facts.get("budgets_enforced") and facts.get("components") != "remote":
         report.text(f"CPU budgets were not enforced ({facts.get('budgets_note')}): nodes shared the machine's "
                     "cores freely, so utilization is shown in cores, not against a budget.", css="warn")
+    add_fault_section(report, results, run_dir)
     report.heading("Capacity curve")
     report.image(plots.capacity_curve(results, run_dir / "capacity.png"), alt="capacity curve")
     rows = []
@@ -78,6 +80,7 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
                      [[m["users"], _fmt(m["measured_rps"]), _fmt(m["model_rps"]), f"{m['rps_error'] * 100:+.1f}%",
                        _fmt(m["measured_mean_ms"]), _fmt(m["model_mean_ms"]), f"{m['mean_error'] * 100:+.1f}%"]
                       for m in model["steps"]])
+    _audit_section(report, results.get("audit"))
     report.heading("Latency per endpoint")
     report.image(plots.endpoint_latency(results, run_dir / "endpoints.png"), alt="latency per endpoint")
     report.table(["endpoint", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
@@ -101,6 +104,18 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     report.text(f"{facts.get('platform')}; Python {facts.get('python')}; load average {facts.get('load_average')}; "
                 f"{versions}.")
     return report.write(run_dir)
+
+
+def _audit_section(report: Report, audit: dict[str, Any] | None) -> None:
+    """What the integrity audit checked after the load (acknowledged writes, replicas, charges) and found."""
+    if audit is None:
+        return
+    from scalesim.audit import audit_lines
+
+    report.heading("Integrity audit")
+    report.text("; ".join(audit_lines(audit)) + ".")
+    for problem in audit.get("problems", []):
+        report.text(problem, css="warn")
 
 
 def _bottleneck_cell(verdict: dict[str, Any]) -> str:

@@ -103,4 +103,11 @@ def summary_table(results: dict[str, Any]) -> str:
                  f"{summary['max_rps_within_objective']:.1f} req/s"
                  + (f" at {summary['users_at_max']} users" if summary.get("users_at_max") else "")
                  + (f"; bottleneck {summary['bottleneck_at_max']}" if summary.get("bottleneck_at_max") else ""))
+    audit = results.get("audit")
+    if audit is not None:
+        from scalesim.audit import audit_lines
+
+        lines.append("\nintegrity audit")
+        lines += [f"  {line}" for line in audit_lines(audit)]
+        lines += [f"  PROBLEM {problem}" for problem in audit.get("problems", [])]
     return "\n".join(lines)

@@ -126,6 +126,7 @@ def test_every_node_of_the_stage_is_a_service(stage: str) -> None:
     assert sorted(_by_role(project, "worker")) == [f"worker{i}" for i in range(1, nodes.workers.count + 1)]
     assert list(_by_role(project, "primary")) == ["primary"]
     assert len(_by_role(project, "keyvalue")) == nodes.keyvalue.count
+    assert len(_by_role(project, "cache")) == nodes.cache.count
     assert len(_by_role(project, "balancer")) == nodes.balancer.count
     assert list(_by_role(project, "seed")) == ["seed"]
 
@@ -142,7 +143,7 @@ def test_overrides_change_the_node_counts() -> None:
 def test_cpu_limits_are_the_budgets(stage: str) -> None:
     scenario, project = _project(stage)
     roles = {"app": "app", "replica": "replicas", "worker": "workers", "primary": "primary",
-             "keyvalue": "keyvalue", "balancer": "balancer"}
+             "keyvalue": "keyvalue", "cache": "cache", "balancer": "balancer"}
     for role, spec_name in roles.items():
         budget = scenario.nodes.role(spec_name).cpu
         for name, service in _by_role(project, role).items():
@@ -308,7 +309,7 @@ def test_the_scripts_make_a_streaming_replica_of_the_primary(tmp_path: Path) -> 
                                      argv=["bash", "-c", REPLICA_START_SCRIPT, "replica-start.sh", *server_args])
             replica.start()
             replica.wait_ready(lambda: port_accepts(port), timeout=60)
-            standby = f"postgresql://scalesim@127.0.0.1:{port}/postgres"
+            standby = f"postgresql://scalesim:{cluster.password}@127.0.0.1:{port}/postgres"  # a copy: same password
             assert _eventually(lambda: _query(standby, "SELECT pg_is_in_recovery()")[0][0]) is True  # noqa: B023
             streaming = _eventually(lambda: _query(admin, "SELECT application_name, state FROM pg_stat_replication"
                                                           " WHERE state = 'streaming'"))
@@ -337,6 +338,7 @@ def _local_config(scenario: Scenario) -> dict[str, Any]:
     deployment = LocalDeployment.__new__(LocalDeployment)
     deployment.scenario = scenario
     deployment.settings = ContainerSettings().tuning
+    deployment.proxies = {}
 
     def node(name: str, role: str, url: str | None) -> Node:
         return Node(name=name, role=role, port=None, cpu_budget=None, url=url,
@@ -348,6 +350,8 @@ def _local_config(scenario: Scenario) -> dict[str, Any]:
                                      f"postgresql://scalesim@replica{index}:5432/bookrental"))
     if scenario.nodes.keyvalue.count:
         deployment.nodes.append(node("keyvalue", "keyvalue", "redis://keyvalue:6379/0"))
+    if scenario.nodes.cache.count:
+        deployment.nodes.append(node("cache", "cache", "redis://cache:6379/0"))
     return deployment._build_app_config()
 
 
@@ -355,10 +359,13 @@ def _local_config(scenario: Scenario) -> dict[str, Any]:
 def test_app_config_is_the_local_one_with_service_names(stage: str) -> None:
     scenario, project = _project(stage)
     expected = _local_config(scenario)
+    expected.pop("stats_token")  # a secret: containers take it from the environment, not the file
     for role in ("app", "worker"):
         for name, service in _by_role(project, role).items():
             config = _app_config(service)
             assert config.pop("server_name") == name
+            assert "stats_token" not in config
+            assert service["environment"]["SCALESIM_STATS_TOKEN"] == "${SCALESIM_STATS_TOKEN:-scalesim-stats-token}"
             assert config == expected
             assert service["environment"]["PGPASSWORD"] == "${SCALESIM_DB_PASSWORD:-scalesim}"
 
@@ -382,7 +389,7 @@ def test_cli_writes_a_file_and_prints_to_stdout(tmp_path: Path) -> None:
     assert written["services"]["app1"]["image"] == "gcr.io/p/scalesim:abc"
     printed = runner.invoke(deploy, ["compose", "stage3", "--image", "gcr.io/p/scalesim:abc"])
     assert printed.exit_code == 0
-    assert yaml.safe_load(printed.output) == written
+    assert yaml.safe_load(printed.output) == yaml.safe_load(target.read_text())  # reproducible: no secret drawn
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -25,7 +25,7 @@ from scalesim.topology import Scenario, bundled_stages, load_scenario
 STAGES = bundled_stages()
 KUBERNETES_VERSION = "1.33.0"
 ROLE_SPECS = {"app": "app", "replica": "replicas", "worker": "workers", "primary": "primary",
-              "keyvalue": "keyvalue", "balancer": "balancer"}
+              "keyvalue": "keyvalue", "cache": "cache", "balancer": "balancer"}
 
 
 def _objects(stage: str, **overrides: int) -> tuple[Scenario, list[dict[str, Any]]]:
@@ -87,6 +87,7 @@ def test_workloads_of_the_stage(stage: str) -> None:
             ("ConfigMap", "scalesim-postgres")} <= kinds
     assert (("StatefulSet", "replica") in kinds) == bool(nodes.replicas.count)
     assert (("Deployment", "keyvalue") in kinds) == bool(nodes.keyvalue.count)
+    assert (("Deployment", "cache") in kinds) == bool(nodes.cache.count)
     assert (("Deployment", "balancer") in kinds) == bool(nodes.balancer.count)
     assert (("ConfigMap", "scalesim-balancer") in kinds) == bool(nodes.balancer.count)
     if nodes.replicas.count:
@@ -156,6 +157,7 @@ def test_app_servers_are_configured_by_service_names(stage: str) -> None:
         assert config["replica_urls"] == [f"postgresql://scalesim@replica-{i}.replica:5432/bookrental"
                                           for i in range(scenario.nodes.replicas.count)]
         assert config["keyvalue_url"] == ("redis://keyvalue:6379/0" if scenario.nodes.keyvalue.count else None)
+        assert config["cache_url"] == ("redis://cache:6379/0" if scenario.nodes.cache.count else None)
         assert {key: config[key] for key in ("sessions", "joins", "reads", "charges")} == {
             "sessions": scenario.app.sessions, "joins": scenario.app.joins, "reads": scenario.app.reads,
             "charges": scenario.app.charges}

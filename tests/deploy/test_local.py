@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from scalesim.deploy.local import DeploymentSettings, LocalDeployment, read_state, stop_from_state
 from scalesim.errors import ComponentError
@@ -85,5 +87,62 @@ def test_stop_from_state_works_from_another_process(tmp_path: Path) -> None:
         stopped = stop_from_state(state)  # only the state file, as `scalesim down` in another shell has
         assert sorted(stopped) == ["app1", "primary"]
         assert _alive(pids) == []
+    finally:
+        deployment.down()
+
+
+def _call(base: str, method: str, path: str, *, token: str | None = None, body: object = None) -> object:
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
+                                     method=method, headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def _keys(client: redis.Redis) -> set[str]:
+    return {key.decode().split(":", 1)[0] for key in client.scan_iter(count=1000)}
+
+
+def test_stage3_keeps_sessions_and_caches_on_different_servers(tmp_path: Path) -> None:
+    deployment = LocalDeployment(scenario=_small("stage3", app_servers=1), run_dir=tmp_path / "run")  # type: ignore[arg-type]
+    deployment.up()
+    try:
+        by_role = {node.role: node for node in deployment.nodes}
+        assert sorted(node.role for node in deployment.nodes) == ["app", "balancer", "cache", "keyvalue", "primary",
+                                                                  "worker"]
+        assert deployment.app_config["keyvalue_url"] == by_role["keyvalue"].url
+        assert deployment.app_config["cache_url"] == by_role["cache"].url != by_role["keyvalue"].url
+        base = deployment.entry_url
+        login = _call(base, "POST", "/api/login", body={"email": "user3@example.com", "password": "password3"})
+        token = login["token"]  # type: ignore[index]
+        for _ in range(2):
+            _call(base, "GET", "/api/books/4")
+            _call(base, "GET", "/api/users/3/rentals", token=token)
+        book = next(book for book in range(5, 60) if _call(base, "GET", f"/api/books/{book}")["available"])  # type: ignore[index]
+        rental = _call(base, "POST", "/api/rentals", token=token, body={"book_id": book})
+        _call(base, "POST", f"/api/rentals/{rental['id']}/return", token=token)  # type: ignore[index]
+        sessions = redis.Redis.from_url(by_role["keyvalue"].url or "")
+        caches = redis.Redis.from_url(by_role["cache"].url or "")
+        try:
+            deadline = time.monotonic() + 5  # the worker's profile refresh lands on the cache server
+            while time.monotonic() < deadline and caches.hget("profile:3", "as_of") != b"2":
+                time.sleep(0.05)
+            assert caches.hget("profile:3", "as_of") == b"2"
+            session_keys, cache_keys = _keys(sessions), _keys(caches)
+            assert {"session", "uw"} <= session_keys  # sessions and write marks
+            assert any(key.startswith("arq") for key in session_keys)  # the job queue
+            assert {"qc", "qv", "profile"} <= cache_keys
+            assert not session_keys & {"qc", "qv", "profile"}
+            assert not cache_keys & {"session", "uw"} and not any(key.startswith("arq") for key in cache_keys)
+            assert sessions.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+            assert caches.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        finally:
+            sessions.close()
+            caches.close()
+        stats = _call(by_role["app"].url or "", "GET", "/api/_stats",
+                      token=deployment.app_config.get("stats_token"))
+        assert stats["cache"]["hits"] > 0 and stats["cache_server"]["available"]  # type: ignore[index]
     finally:
         deployment.down()

@@ -120,7 +120,9 @@ def deployed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalDe
 
 
 def app_stats(deployment: LocalDeployment) -> list[dict[str, Any]]:
-    return [call(node.url or "", "GET", "/api/_stats")[1] for node in deployment.nodes if node.role == "app"]
+    token = deployment.app_config["stats_token"]
+    return [call(node.url or "", "GET", "/api/_stats", token=token)[1]
+            for node in deployment.nodes if node.role == "app"]
 
 
 @pytest.mark.parametrize("deployed", ["stage1", "stage2", "stage3", "stage4", "stage5"], indirect=True)

@@ -2,8 +2,9 @@
 
 It answers the endpoints the locustfile uses, with the shapes of docs/CONTRACTS.md, from a
 stdlib ``ThreadingHTTPServer`` on a free 127.0.0.1 port (HTTP/1.1, keep-alive). It checks
-logins against the seed-user rule, counts what it was asked, and can answer every rent with
-409 (``rent_conflict=True``). The real app is exercised end to end elsewhere.
+logins against the seed-user rule, counts what it was asked, remembers the rentals it made
+and closed, can answer every rent with 409 (``rent_conflict=True``) and can answer returns
+late (``return_delay_s``, for client time-outs). The real app is exercised end to end elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,12 +26,16 @@ BOOKS = 200
 @dataclass
 class FakeState:
     rent_conflict: bool = False
+    return_delay_s: float = 0.0
     seeded_users: int = 100
     lock: threading.Lock = field(default_factory=threading.Lock)
     hits: Counter[str] = field(default_factory=Counter)
     logins: Counter[int] = field(default_factory=Counter)
     tokens: dict[str, int] = field(default_factory=dict)
     next_rental: int = 1
+    #: rental id -> (user id, book id), and the ids returned
+    rentals: dict[int, tuple[int, int]] = field(default_factory=dict)
+    returned: set[int] = field(default_factory=set)
 
 
 def _route(method: str, path: str) -> str:
@@ -113,9 +119,14 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 rid = state.next_rental
                 state.next_rental += 1
+                state.rentals[rid] = (uid, int(body.get("book_id", 0)))
             return self._send(201, {"id": rid, "book_id": body.get("book_id")})
-        if method == "POST" and re.fullmatch(r"/api/rentals/\d+/return", path):
-            return self._send(200, {"id": 1})
+        if method == "POST" and (m := re.fullmatch(r"/api/rentals/(\d+)/return", path)):
+            with state.lock:
+                state.returned.add(int(m.group(1)))
+            if state.return_delay_s:
+                time.sleep(state.return_delay_s)
+            return self._send(200, {"id": int(m.group(1))})
         return self._send(404, {"error": f"no route {method} {path}"})
 
 

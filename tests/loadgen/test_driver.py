@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from scalesim.loadgen import DriverConfig, LoadgenError, LoadResult, ProcessTreeCPU, run_load
+from scalesim.loadgen.acks import read_acks
 from tests.loadgen.fakeapp import FakeApp
 
 WORKLOAD = {
@@ -45,6 +46,9 @@ TEMPLATES = {
     "/api/rentals/{id}/return",
 }
 FAST = DriverConfig(locust_html=False)  # the HTML report takes a second to write
+TIMELINE_FIELDS = {
+    "step", "phase", "users", "t", "rps", "requests", "failures", "failures_interval", "mean_ms", "p95_ms",
+}
 
 
 def locust_children() -> list[psutil.Process]:
@@ -91,8 +95,17 @@ def test_two_steps_single_process(tmp_path: Path) -> None:
         "done",
     ]
     progress = [e for e in events if e["event"] == "progress"]
-    assert progress and all({"step", "phase", "users", "rps", "failures"} <= set(e) for e in progress)
+    assert progress and all(set(e) >= TIMELINE_FIELDS for e in progress)
     assert any(e["phase"] == "measure" and e["rps"] > 0 and e["users"] > 0 for e in progress)
+    # the per-second timeline: each interval's own count, failures and latency, on a clock from run_start
+    times = [e["t"] for e in progress]
+    assert times == sorted(times) and 0.8 < times[0] < 1.5
+    for before, after in zip(progress, progress[1:], strict=False):
+        assert after["requests"] == pytest.approx(after["rps"] * (after["t"] - before["t"]), abs=0.1)
+    busy = [e for e in progress if e["requests"]]
+    assert len(busy) >= 4 and all(e["failures_interval"] == 0 and 0 < e["mean_ms"] <= e["p95_ms"] for e in busy)
+    assert all(e["mean_ms"] is None and e["p95_ms"] is None for e in progress if not e["requests"])
+    assert sum(e["requests"] for e in progress) <= sum(app.state.hits.values())
     assert result.complete and [s.users for s in result.steps] == [2, 4]
     for step in result.steps:
         assert step.total.requests > 0 and step.total.failures == 0
@@ -115,6 +128,13 @@ def test_two_steps_single_process(tmp_path: Path) -> None:
         assert Path(result.files[key]).is_file(), key
     assert result.loadgen_cpu_seconds > sum(s.loadgen_cpu_seconds or 0 for s in result.steps)
     assert LoadResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    # every acknowledged write is one the app made, with its user and book, in one file for the one process
+    acks = read_acks(result.files["acks"])
+    assert acks.files == 1 and acks.unreadable_lines == 0
+    assert acks.rentals and all(app.state.rentals[rental] == made for rental, made in acks.rentals.items())
+    assert acks.returns and acks.returns <= app.state.returned and acks.returns <= set(acks.rentals)
+    # answers that arrived before Locust stopped were all recorded: at most one request in flight per user
+    assert len(app.state.rentals) - len(acks.rentals) <= 4
 
 
 def test_409_on_rent_is_not_a_failure(tmp_path: Path) -> None:
@@ -154,6 +174,30 @@ def test_unreachable_host_shows_as_failures(tmp_path: Path) -> None:
     (step,) = result.steps
     assert step.total.requests > 0 and step.total.failures == step.total.requests
     assert any("refused" in message.lower() for message in step.errors), step.errors
+    # the timeline keeps coming while every request fails, and says so second by second
+    failing = [e for e in events if e["event"] == "progress" and e["requests"]]
+    assert failing and all(e["failures_interval"] == e["requests"] and e["p95_ms"] is not None for e in failing)
+    assert read_acks(result.files["acks"]).files == 0  # nothing was acknowledged
+
+
+def test_acknowledged_writes_per_worker_and_never_unanswered_ones(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    workload = {"think_time": {"min": 0.02, "max": 0.05}, "mix": {"rent_and_return": 1}}
+    # every return times out on the client: the app closed the rental, but the client never heard it did
+    timeouts = DriverConfig(locust_html=False, load_overrides={"request_timeout_s": 0.2})
+    with FakeApp(return_delay_s=0.5) as app:
+        result = run(app.url, tmp_path, events, workload=workload, locust_workers=2, config=timeouts,
+                     load={"steps": [4], "step_seconds": 2, "warmup_seconds": 0.2})
+    acks = read_acks(result.files["acks"])
+    assert acks.files == 2  # one file per worker, none from the master
+    assert len(acks.rentals) >= 4 and all(app.state.rentals[rental] == made for rental, made in acks.rentals.items())
+    assert app.state.returned and not acks.returns
+    errors = {message for step in result.steps for message in step.errors}
+    assert any(message.startswith("POST /api/rentals/{id}/return") for message in errors), errors
+    # the distributed timeline: the workers' intervals, failures and latency included
+    progress = [e for e in events if e["event"] == "progress" and e["phase"] == "measure"]
+    assert progress and all(set(e) >= TIMELINE_FIELDS for e in progress)
+    assert any(e["requests"] and e["failures_interval"] and e["p95_ms"] for e in progress)
 
 
 def test_exception_in_on_event_stops_locust(tmp_path: Path) -> None:

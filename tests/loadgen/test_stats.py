@@ -1,4 +1,5 @@
-"""The histogram, the window recorder, the stats dataclasses and the load configuration."""
+"""The histogram, the window and interval recorders, the stats dataclasses, the load configuration and
+the acknowledged-writes log."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from scalesim.loadgen.acks import AckLog, read_acks
 from scalesim.loadgen.config import ENV_VAR, LoadConfig, seed_user_index
-from scalesim.loadgen.stats import TOTAL_NAME, EndpointStats, LogHistogram, StepStats, WindowRecorder
+from scalesim.loadgen.stats import TOTAL_NAME, EndpointStats, IntervalRecorder, LogHistogram, StepStats, WindowRecorder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,6 +165,59 @@ def test_window_recorder_snapshots_merge_like_one_recorder() -> None:
     assert merged.step_stats(**kw) == one.step_stats(**kw)
 
 
+def test_interval_recorder_reads_and_resets_and_merges_exactly() -> None:
+    rec = IntervalRecorder()
+    assert rec.summary() == {"requests": 0, "failures_interval": 0, "errors_interval": {}, "mean_ms": None,
+                             "p95_ms": None}
+    for i in range(1, 101):
+        rec.record(float(i), failed=i > 90, reason="GET /x: HTTP 503" if i > 95 else None)
+    figures = rec.summary()
+    assert figures["requests"] == 100 and figures["failures_interval"] == 10
+    assert figures["errors_interval"] == {"GET /x: HTTP 503": 5}
+    assert figures["mean_ms"] == 50.5 and abs(figures["p95_ms"] - 95) <= 0.95
+    snapshot = rec.take()
+    assert rec.summary()["requests"] == 0 and rec.histogram.count == 0  # the next interval starts empty
+    # what two workers send merges into what one process would have seen
+    rng = random.Random(6)
+    one, parts, merged = IntervalRecorder(), [IntervalRecorder(), IntervalRecorder()], IntervalRecorder()
+    for i in range(2_000):
+        v, failed = rng.expovariate(0.02), rng.random() < 0.1
+        reason = f"GET /{i % 3}: HTTP 503" if failed else None
+        one.record(v, failed=failed, reason=reason)
+        parts[i % 2].record(v, failed=failed, reason=reason)
+    for part in parts:
+        merged.merge_snapshot(json.loads(json.dumps(part.take())))
+    assert merged.summary() == one.summary()
+    merged.merge_snapshot(snapshot)
+    assert merged.summary()["requests"] == 2_100
+
+
+def test_ack_log_batches_and_reads_back(tmp_path: Path) -> None:
+    folder = tmp_path / "acks"
+    log = AckLog(folder=folder, name="123")
+    log.rented(rental_id=7, user_id=3, book_id=40)
+    log.returned(rental_id=7)
+    log.rented(rental_id=8, user_id=4, book_id=41)
+    assert log.pending == 3 and not folder.exists()  # nothing is written until a flush
+    log.flush()
+    assert log.pending == 0 and log.written == 3
+    assert len((folder / "123.jsonl").read_text().splitlines()) == 3
+    log.flush()  # nothing pending: no write
+    other = AckLog(folder=folder, name="456")
+    other.returned(rental_id=8)
+    other.flush()
+    with (folder / "456.jsonl").open("a") as torn:  # a process killed in mid-write
+        torn.write('{"op": "rent", "rental": 9, "us')
+    acks = read_acks(folder)
+    assert acks.rentals == {7: (3, 40), 8: (4, 41)} and acks.returns == {7, 8}
+    assert acks.files == 2 and acks.unreadable_lines == 1
+    assert read_acks(tmp_path / "missing").files == 0
+    off = AckLog(folder=None, name="x")
+    off.rented(rental_id=1, user_id=1, book_id=1)
+    off.flush()
+    assert off.pending == 0 and off.path is None
+
+
 def test_stats_round_trip() -> None:
     rec = WindowRecorder()
     for v in (1.0, 2.0, 300.0):
@@ -217,6 +272,9 @@ def test_load_config_rejects_nonsense() -> None:
         LoadConfig(think_min_s=2, think_max_s=1)
     with pytest.raises(ValueError, match="unknown load configuration key"):
         LoadConfig.from_dict({"stepz": [1]})
+    with pytest.raises(ValueError, match="acks_flush_s"):
+        LoadConfig(acks_flush_s=0)
+    assert LoadConfig.from_json(LoadConfig(acks_dir="/tmp/acks").to_json()).acks_dir == "/tmp/acks"
     assert LoadConfig(mix={"view_book": 0.5, "profile": 1.5}).integer_mix() == {"view_book": 100, "profile": 300}
 
 

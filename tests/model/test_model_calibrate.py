@@ -21,7 +21,7 @@ from scalesim.model.accuracy import compare_with_measurement
 from scalesim.model.calibrate import calibrate, fit_demand
 from scalesim.model.cli import model as model_command
 from scalesim.model.network import ModelError, network_from_dict
-from scalesim.model.whatif import what_if_from_run
+from scalesim.model.whatif import next_upgrade, what_if_from_run
 
 DATA = Path(__file__).parent / "data"
 
@@ -69,6 +69,62 @@ def test_stage4_has_every_station_of_the_replicated_stage(stage4):
     # Workers are not on the request path: reported, not a station.
     assert [n.name for n in model.background_nodes] == ["worker1"]
     assert 0 < model.cache_hit_ratio < 1
+
+
+def _with_cache_node(results: dict, *, share: float, budget: float = 0.2) -> dict:
+    """``results`` as if a cache server had taken ``share`` of the key-value server's CPU (stage3+ since the split)."""
+    split = copy.deepcopy(results)
+    for step in split["steps"]:
+        keyvalue = step["nodes"]["keyvalue"]
+        cpu = float(keyvalue["cpu_seconds"])
+        cache = {**keyvalue, "role": "cache", "cpu_budget": budget, "cpu_seconds": cpu * share}
+        keyvalue["cpu_seconds"] = cpu * (1 - share)
+        for node in (keyvalue, cache):
+            node["cores_used"] = node["cpu_seconds"] / float(step["measured_window_s"])
+            node["utilization"] = node["cores_used"] / node["cpu_budget"]
+        step["nodes"]["cache"] = cache
+    return split
+
+
+def test_the_cache_server_is_a_station_next_to_the_keyvalue_server(stage3_full):
+    shared = calibrate(stage3_full)
+    model = calibrate(_with_cache_node(stage3_full, share=0.6))
+    assert [s.name for s in model.stations] == ["balancer", "app", "keyvalue", "cache", "primary"]
+    cache, keyvalue = model.station("cache"), model.station("keyvalue")
+    assert (cache.nodes, cache.servers, cache.copies, cache.budget) == (("cache",), 1, 1, 0.2)
+    # Cached reads visit it as they visited the shared server: the demands split, their sum stays.
+    assert cache.demand == pytest.approx(0.6 * shared.station("keyvalue").demand)
+    assert keyvalue.demand == pytest.approx(0.4 * shared.station("keyvalue").demand)
+    assert model.total_demand == pytest.approx(shared.total_demand)
+    # The app tier still binds first (the calibrated latency moves a little: two queues instead of one).
+    assert model.caps()[0].name == "app" and model.max_throughput == pytest.approx(shared.max_throughput, rel=1e-3)
+    assert any(cap.name == "cache" for cap in model.caps())
+    # A what-if scales app servers and replicas; the cache server keeps its one node and budget.
+    bigger = model.with_counts(app_servers=40)
+    assert bigger.station("cache").node_count == 1 and bigger.station("cache").budget == 0.2
+    # Without quotas it is one single-threaded Valkey: one core at most, like the key-value server.
+    unbudgeted = _with_cache_node(stage3_full, share=0.6)
+    unbudgeted["machine"]["budgets_enforced"] = False
+    assert calibrate(unbudgeted).station("cache").budget == 1.0
+
+
+def test_a_starved_cache_server_is_the_bottleneck_and_what_to_add_next_says_so(stage3_full):
+    model = calibrate(_with_cache_node(stage3_full, share=0.9, budget=0.01))
+    assert model.caps()[0].name == "cache"
+    assert model.curve([450])[0].bottleneck == "cache"
+    upgrade = next_upgrade(model.network())
+    assert upgrade is not None and upgrade.station == "cache"
+
+
+def test_model_command_reads_a_run_with_a_cache_server(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_with_cache_node(_results("stage3_full"), share=0.6)))
+    result = CliRunner().invoke(model_command, ["stage3", "--from", str(run), "--app-servers", "6",
+                                                "--users", "100,1000"])
+    assert result.exit_code == 0, result.output
+    stations = next(line for line in result.output.splitlines() if line.startswith("stations: "))
+    assert "app 6 x 0.1 core" in stations and "cache 1 x 0.2 core" in stations and "keyvalue 1 x" in stations
 
 
 def test_demands_follow_the_utilization_law(stage0):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
 from reference_app.config import CONFIG_ENV_VAR, AppConfig
+from scalesim.deploy.appconfig import app_config
+from scalesim.deploy.local import DeploymentSettings
+from scalesim.topology import load_scenario
 
 DB = "postgresql://scalesim@127.0.0.1:5432/bookrental"
 KV = "redis://127.0.0.1:6379/0"
@@ -68,6 +72,9 @@ def test_round_trip_through_json() -> None:
         ({"database_url": DB, "query_cache": True}, "needs 'keyvalue_url' for query_cache"),
         ({"database_url": DB, "reads": "replicas"}, "needs at least one entry in 'replica_urls'"),
         ({"database_url": DB, "keyvalue_url": "http://x"}, "redis:// URL"),
+        ({"database_url": DB, "stats_token": "too-short"}, "'stats_token' must be 16 to 256 characters"),
+        ({"database_url": DB, "stats_token": "sixteen chars or more, spaced"}, "'stats_token' must be"),
+        ({"database_url": DB, "stats_token": 12345678901234567890}, "'stats_token' must be a string or null"),
     ],
 )
 def test_invalid_values_are_refused_with_one_line(values: dict[str, object], message: str) -> None:
@@ -83,3 +90,39 @@ def test_missing_and_malformed_environment() -> None:
         AppConfig.from_env({CONFIG_ENV_VAR: "{nope"})
     with pytest.raises(ValueError, match="must be a JSON object"):
         AppConfig.from_env({CONFIG_ENV_VAR: "[]"})
+
+
+def test_the_stats_token_is_optional() -> None:
+    assert AppConfig.from_env(env(database_url=DB)).stats_token is None
+    token = secrets.token_urlsafe(32)
+    config = AppConfig.from_env(env(database_url=DB, stats_token=token))
+    assert config.stats_token == token
+    assert AppConfig.from_json(config.to_json()) == config
+
+
+def test_each_deployment_gets_its_own_stats_token() -> None:
+    scenario = load_scenario("stage1")
+    made = [
+        app_config(scenario, database_url=DB, replica_urls=[], keyvalue_url=KV, settings=DeploymentSettings())
+        for _ in range(2)
+    ]
+    tokens = [config["stats_token"] for config in made]
+    assert tokens[0] != tokens[1] and all(len(token) >= 43 for token in tokens)
+    for config in made:  # the app accepts what the deployment writes
+        assert AppConfig.from_mapping({**config, "server_name": "app1"}).stats_token == config["stats_token"]
+
+
+def test_container_secrets_come_from_the_environment() -> None:
+    """Deployment files hold no secret: the key-value password and the ops token arrive as variables."""
+    config = {"server_name": "app1", "database_url": "postgresql://scalesim@primary:5432/bookrental",
+              "keyvalue_url": "redis://keyvalue:6379/0", "sessions": "keyvalue"}
+    environ = {CONFIG_ENV_VAR: json.dumps(config), "SCALESIM_KEYVALUE_PASSWORD": "kv-secret",
+               "SCALESIM_STATS_TOKEN": "ops-token-0123456789"}
+    loaded = AppConfig.from_env(environ)
+    assert loaded.keyvalue_url == "redis://:kv-secret@keyvalue:6379/0"
+    assert loaded.stats_token == "ops-token-0123456789"
+    # a token in the config itself wins over the environment
+    explicit = AppConfig.from_env({**environ, CONFIG_ENV_VAR: json.dumps({**config, "stats_token": "t" * 20})})
+    assert explicit.stats_token == "t" * 20
+    with pytest.raises(ValueError, match="stats_token"):
+        AppConfig.from_env({**environ, "SCALESIM_STATS_TOKEN": "short"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -179,3 +180,30 @@ async def test_a_failing_replica_sends_reads_to_the_primary(replicated: tuple[st
         after = await stats(client)
     assert after["replica_failures"] == 4
     assert after["queries"]["replica-2"] >= 4
+
+
+async def test_public_reads_go_on_from_the_primary_when_the_session_store_is_down(
+        replicated: tuple[str, list[str]], tmp_path: Path) -> None:
+    """A logged-in caller's book read needs their write position from the session store; without it
+    the primary, which has every write, answers instead of a 503."""
+    from scalesim.components.binaries import find_binaries
+    from scalesim.components.keyvalue import start_keyvalue
+    from scalesim.components.process import free_port
+
+    primary, replicas = replicated
+    await wait_replayed(primary, replicas)
+    server = start_keyvalue(binary=find_binaries("embedded").keyvalue_server, run_dir=tmp_path, port=free_port())
+    try:
+        async with api(stage4(primary, replicas, server.url, query_cache=False)) as client:
+            reader = await login(client, 5)
+            server.process.kill()
+            before = await stats(client)
+            answer = await client.get("/api/books/7", headers=reader)
+            assert answer.status_code == 200, answer.text
+            after = await stats(client)
+            assert after["queries"]["primary"] - before["queries"]["primary"] >= 1
+            # a request that needs the session itself says plainly that the store is unavailable
+            profile = await client.get("/api/profile", headers=reader)
+            assert profile.status_code == 503 and "key-value server is unavailable" in profile.json()["error"]
+    finally:
+        server.process.stop()
