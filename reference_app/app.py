@@ -41,7 +41,13 @@ from reference_app.cache import CacheBreaker, ProfileCache, QueryCache, connect_
 from reference_app.config import AppConfig
 from reference_app.db import EVERY_WRITE, Database, DatabaseUnavailable, _redact
 from reference_app.encoding import dumps, loads
-from reference_app.openapi import MAX_BODY_BYTES, MAX_ID, MAX_TEXT_CHARS, openapi_document
+from reference_app.openapi import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_BODY_BYTES,
+    MAX_ID,
+    MAX_TEXT_CHARS,
+    openapi_document,
+)
 from reference_app.queries import build_queries
 from reference_app.service import (
     ApiError,
@@ -65,6 +71,7 @@ log = logging.getLogger("reference_app")
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _RENTAL_STATUSES = ("open", "returned", "all")
 
 
@@ -103,6 +110,14 @@ def clean_text(value: Any, what: str) -> str:
     except UnicodeEncodeError:
         raise BadRequest(f"{what} is not valid Unicode text") from None
     return value
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key`` header: absent, or 1 to 64 characters of A-Z a-z 0-9 _ -."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise BadRequest(f"the Idempotency-Key header must match {IDEMPOTENCY_KEY_PATTERN}")
+    return key
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -447,12 +462,14 @@ class ReferenceApp:
         book_id = body["book_id"]
         if isinstance(book_id, bool) or not isinstance(book_id, int) or not 1 <= book_id <= MAX_ID:
             raise BadRequest(f"book_id must be an integer between 1 and {MAX_ID}")
-        return self.respond(await self._svc.rent(caller, book_id=book_id), 201)
+        key = idempotency_key(request)
+        return self.respond(await self._svc.rent(caller, book_id=book_id, key=key), 201)
 
     async def return_rental(self, request: Request) -> Response:
         caller = await self._caller(request)
         rental_id = parse_id(request.path_params["rental_id"], "rental id")
-        return self.respond(await self._svc.return_rental(caller, rental_id=rental_id))
+        key = idempotency_key(request)
+        return self.respond(await self._svc.return_rental(caller, rental_id=rental_id, key=key))
 
     async def openapi(self, request: Request) -> Response:
         response = Response(self._openapi_body, media_type="application/json")

@@ -93,6 +93,10 @@ class AppConfig:
     # The session store is required: a request waits for it at most this long (a hung server then
     # costs a clear 503, not a request that never ends).
     keyvalue_timeout_ms: int = 2000
+    # A read on a replica gives up after this long (the primary answers it instead), and a replica
+    # that failed is skipped for replica_retry_ms.
+    replica_timeout_ms: int = 1000
+    replica_retry_ms: int = 2000
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -232,6 +236,8 @@ def _validate(config: AppConfig) -> None:
         "cache_timeout_ms",
         "cache_retry_ms",
         "keyvalue_timeout_ms",
+        "replica_timeout_ms",
+        "replica_retry_ms",
     )
     for name in positive:
         if getattr(config, name) < 1:

@@ -22,6 +22,10 @@ moment later. The app keeps that promise with log positions (LSNs, as plain inte
 
 Known positions only ever grow, so the check is conservative: a replica is never credited with a
 position it has not reported. Probes are counted apart from request queries in the statistics.
+
+A replica that fails a read or a probe -- down, or hung and not answering within
+``replica_timeout_ms`` -- is skipped for ``replica_retry_ms``: its reads go to the other replicas
+(or the primary, which has the data too) without each request paying the timeout again.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +78,8 @@ class RoutingStats:
     lsn_probes: int = 0
     replica_failures: int = 0
     known_replay_lsn: list[int] = field(default_factory=list)
+    # Until when (monotonic seconds) each replica is skipped after a failure.
+    skipped_until: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +93,8 @@ class RoutingStats:
             "lsn_probes": self.lsn_probes,
             "replica_failures": self.replica_failures,
             "known_replay_lsn": dict(zip(self.labels[1:], self.known_replay_lsn, strict=True)),
+            "replicas_skipped": [label for label, until in zip(self.labels[1:], self.skipped_until, strict=True)
+                                 if until > time.monotonic()],
         }
 
 
@@ -124,8 +133,11 @@ class Database:
         self._refresher: asyncio.Task[None] | None = None
         labels = ["primary", *(f"replica-{i}" for i in range(1, len(config.replica_urls) + 1))]
         self.stats = RoutingStats(
-            labels=labels, queries=[0] * len(labels), known_replay_lsn=[0] * len(config.replica_urls)
+            labels=labels, queries=[0] * len(labels), known_replay_lsn=[0] * len(config.replica_urls),
+            skipped_until=[0.0] * len(config.replica_urls),
         )
+        self._replica_timeout = config.replica_timeout_ms / 1000
+        self._replica_retry = config.replica_retry_ms / 1000
 
     @property
     def tracks_lsn(self) -> bool:
@@ -175,14 +187,42 @@ class Database:
             self.stats.primary_reads += 1
         self.stats.queries[index] += 1
         try:
-            return await self._pools[index].fetch(statement.sql, *args)
+            if index == PRIMARY:
+                return await self._pools[index].fetch(statement.sql, *args)
+            rows: list[Any] = await self._on_replica(index, statement.sql, args, many=True)
+            return rows
         except UNAVAILABLE_ERRORS as exc:
             if index == PRIMARY:
                 raise DatabaseUnavailable(f"primary is unavailable: {exc}") from exc
             # A replica that fails is no reason to fail the request: the primary has the data too.
-            log.warning("%s failed a read, retrying on the primary: %s", self.stats.labels[index], exc)
-            self.stats.replica_failures += 1
+            log.warning("%s failed a read, retrying on the primary: %s", self.stats.labels[index],
+                        exc or type(exc).__name__)
+            self._skip(index - 1)
             return await self.read_primary(statement, args)
+
+    async def _on_replica(self, index: int, sql: str, args: Sequence[Any], *, many: bool) -> Any:
+        """One statement on a replica, bounded in time from acquiring a connection to the answer.
+
+        A connection whose statement failed or timed out is closed at once rather than reset and
+        reused: resetting it would wait on a server that may not answer (a frozen host)."""
+        pool = self._pools[index]
+        connection = await asyncio.wait_for(pool.acquire(), self._replica_timeout)
+        try:
+            if many:
+                return await connection.fetch(sql, *args, timeout=self._replica_timeout)
+            return await connection.fetchval(sql, *args, timeout=self._replica_timeout)
+        except BaseException:
+            connection.terminate()
+            raise
+        finally:
+            await pool.release(connection)
+
+    def _skip(self, replica: int) -> None:
+        self.stats.replica_failures += 1
+        self.stats.skipped_until[replica] = time.monotonic() + self._replica_retry
+
+    def _usable(self, replica: int) -> bool:
+        return self.stats.skipped_until[replica] <= time.monotonic()
 
     async def read_primary(self, statement: Statement, args: Sequence[Any] = ()) -> list[Any]:
         """Read from the primary regardless of routing (workers)."""
@@ -204,11 +244,11 @@ class Database:
         known = self.stats.known_replay_lsn
         for step in range(replicas):
             candidate = (start + step) % replicas
-            if known[candidate] >= min_lsn:
+            if known[candidate] >= min_lsn and self._usable(candidate):
                 self.stats.replica_reads += 1
                 return candidate + 1
         # No replica is known to be fresh enough: ask the one whose turn it is, once.
-        if await self._probe(start) >= min_lsn:
+        if self._usable(start) and await self._probe(start) >= min_lsn and self._usable(start):
             self.stats.replica_reads += 1
             return start + 1
         self.stats.primary_reads += 1
@@ -219,17 +259,18 @@ class Database:
         """Ask one replica for its replay position and remember it (positions only grow)."""
         self.stats.lsn_probes += 1
         try:
-            position = await self._pools[replica + 1].fetchval(self._queries.replay_lsn.sql)
+            position = await self._on_replica(replica + 1, self._queries.replay_lsn.sql, (), many=False)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("replay-position probe of replica-%d failed: %s", replica + 1, exc)
+            log.warning("replay-position probe of replica-%d failed: %s", replica + 1, exc or type(exc).__name__)
+            self._skip(replica)
             return self.stats.known_replay_lsn[replica]
         known = self.stats.known_replay_lsn
         known[replica] = max(known[replica], int(position or 0))
         return known[replica]
 
     async def _refresh_all(self) -> None:
-        for replica in range(len(self._pools) - 1):
-            await self._probe(replica)
+        # Side by side: one hung replica must not hold up the others' positions.
+        await asyncio.gather(*(self._probe(replica) for replica in range(len(self._pools) - 1)))
 
     async def _refresh_forever(self) -> None:
         period = self._config.replica_lsn_refresh_ms / 1000

@@ -64,6 +64,7 @@ import random
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -182,13 +183,18 @@ class _ScalesimUser(FastHttpUser):
         json_body: Any = None,
         ok: tuple[int, ...] = (200,),
         expected: tuple[int, ...] = (),
+        idempotent: bool = False,
     ) -> tuple[int, Any]:
         """Send one request and judge it: ``(status, body)``; body is ``None`` unless ``ok``.
 
         Statuses in *expected* are business answers: successes, counted as rejections.
-        A 401 drops the token (the next task logs in again).
+        A 401 drops the token (the next task logs in again). An *idempotent* write carries a fresh
+        ``Idempotency-Key``, as a careful client sends: the balancer may then retry it on another
+        app server when the first one dies with the request in hand.
         """
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if idempotent:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         with self.client.request(method, path, name=name, json=json_body, headers=headers, catch_response=True) as resp:
             status = resp.status_code or 0
             if status in ok:
@@ -269,13 +275,15 @@ def rent_and_return(user: BookRentalUser) -> None:
         json_body={"book_id": book_id},
         ok=(200, 201),
         expected=_EXPECTED_RENT_ANSWERS,
+        idempotent=True,
     )
     if not (isinstance(rental, dict) and "id" in rental):
         return
     rental_id = int(rental["id"])
     if status == 201 and user.user_id is not None:
         ACKS.rented(rental_id=rental_id, user_id=user.user_id, book_id=book_id)
-    status, _ = user.call("POST", f"/api/rentals/{rental_id}/return", name="/api/rentals/{id}/return")
+    status, _ = user.call("POST", f"/api/rentals/{rental_id}/return", name="/api/rentals/{id}/return",
+                          idempotent=True)
     if status == 200:
         ACKS.returned(rental_id=rental_id)
 

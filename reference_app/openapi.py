@@ -23,6 +23,8 @@ OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 MAX_ID = 2**31 - 1  # ids are PostgreSQL integers
 MAX_TEXT_CHARS = 512  # the longest email, password or category the app accepts
+#: What an Idempotency-Key header may hold (a UUID fits; nothing that needs escaping anywhere).
+IDEMPOTENCY_KEY_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 MAX_BODY_BYTES = 16 * 1024  # the largest request body the app reads
 NO_NUL = "^[^\\x00]*$"
 
@@ -251,6 +253,13 @@ def _parameters(config: AppConfig) -> dict[str, Any]:
                 "default": config.default_per_page,
             },
         },
+        "IdempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "description": "makes the write safe to retry: a request repeated with the same key answers with "
+                           "what the first one did instead of acting twice",
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+        },
         "RentalStatus": {
             "name": "status",
             "in": "query",
@@ -369,6 +378,7 @@ def _paths(config: AppConfig) -> dict[str, Any]:
                 "operationId": "rent",
                 "summary": "Rent a copy of a book",
                 "security": _USER,
+                "parameters": [_ref("parameters", "IdempotencyKey")],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _schema("RentRequest")}},
@@ -384,7 +394,7 @@ def _paths(config: AppConfig) -> dict[str, Any]:
                 "operationId": "return",
                 "summary": "Return one of the caller's rentals",
                 "security": _USER,
-                "parameters": [_ref("parameters", "RentalId")],
+                "parameters": [_ref("parameters", "RentalId"), _ref("parameters", "IdempotencyKey")],
                 "responses": {
                     "200": _json("The rental, returned today", _schema("Rental")),
                     **_errors(400, 401, 404, 409, 503),

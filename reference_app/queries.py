@@ -85,8 +85,10 @@ class Queries:
     take_copy: Statement
     book_exists: Statement
     insert_rental: Statement
+    rental_by_rent_key: Statement
     return_rental: Statement
     rental_owner: Statement
+    rental_by_id: Statement
     put_back_copy: Statement
     settle_returned: Statement
     add_user_charges: Statement
@@ -282,6 +284,7 @@ def build_queries() -> Queries:
             book_title=_param("book_title", sa.Text),
             author_names=_param("author_names", sa.ARRAY(sa.Text)),
             settled=sa.false(),
+            rent_key=_param("rent_key", sa.Text),
         )
         .returning(*rental_columns)
     )
@@ -289,7 +292,8 @@ def build_queries() -> Queries:
         sa.update(rentals)
         .where(rentals.c.id == rental_id, rentals.c.user_id == user_id, rentals.c.returned_on.is_(None))
         # GREATEST: a rental returned "before" it was rented (clock skew) must not break a CHECK.
-        .values(returned_on=sa.func.greatest(_param("returned_on", sa.Date), rentals.c.rented_on))
+        .values(returned_on=sa.func.greatest(_param("returned_on", sa.Date), rentals.c.rented_on),
+                return_key=_param("return_key", sa.Text))
         .returning(*rental_columns)
     )
     add_charges = pg_insert(user_charges).values(
@@ -361,13 +365,24 @@ def build_queries() -> Queries:
             "daily_price_cents",
             "book_title",
             "author_names",
+            "rent_key",
         ),
-        return_rental=compile_statement("return_rental", return_rental, "returned_on", "rental_id", "user_id"),
+        rental_by_rent_key=compile_statement(
+            "rental_by_rent_key",
+            sa.select(*rental_columns).where(rentals.c.user_id == user_id,
+                                             rentals.c.rent_key == _param("rent_key", sa.Text)),
+            "user_id",
+            "rent_key",
+        ),
+        return_rental=compile_statement("return_rental", return_rental, "returned_on", "return_key", "rental_id",
+                                        "user_id"),
         rental_owner=compile_statement(
             "rental_owner",
-            sa.select(rentals.c.user_id, rentals.c.returned_on).where(rentals.c.id == rental_id),
+            sa.select(rentals.c.user_id, rentals.c.returned_on, rentals.c.return_key).where(rentals.c.id == rental_id),
             "rental_id",
         ),
+        rental_by_id=compile_statement("rental_by_id", sa.select(*rental_columns).where(rentals.c.id == rental_id),
+                                       "rental_id"),
         put_back_copy=compile_statement(
             "put_back_copy",
             sa.update(books).where(books.c.id == book_id).values(available=books.c.available + _ONE),

@@ -97,6 +97,11 @@ rentals = sa.Table(
     sa.Column("author_names", postgresql.ARRAY(sa.Text), nullable=False),
     # Folded into user_charges by a worker (stage5); only returned rentals are ever settled.
     sa.Column("settled", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The Idempotency-Key of the request that rented it and of the one that returned it: a request
+    # retried on another app server after its first server died (the balancer does that) finds what
+    # its first attempt did instead of renting or returning twice.
+    sa.Column("rent_key", sa.Text, nullable=True),
+    sa.Column("return_key", sa.Text, nullable=True),
     sa.CheckConstraint("returned_on IS NULL OR returned_on >= rented_on", name="ck_rentals_dates"),
     sa.CheckConstraint("NOT settled OR returned_on IS NOT NULL", name="ck_rentals_settled"),
 )
@@ -126,6 +131,8 @@ INDEXES = (
         postgresql_where=sa.not_(rentals.c.settled),
     ),
     sa.Index("ix_rentals_book", rentals.c.book_id),
+    sa.Index("ix_rentals_rent_key", rentals.c.user_id, rentals.c.rent_key, unique=True,
+             postgresql_where=rentals.c.rent_key.isnot(None)),
 )
 
 # Load order: a table comes after every table it references.

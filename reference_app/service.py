@@ -229,40 +229,56 @@ class RentalService:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    async def rent(self, caller: Caller, *, book_id: int) -> dict[str, Any]:
+    async def rent(self, caller: Caller, *, book_id: int, key: str | None = None) -> dict[str, Any]:
+        """Rent a copy of `book_id`. With an idempotency `key`, a second request with the same key
+        (a retry) answers with the rental the first one made instead of renting again."""
         q = self.queries
         user_id = caller.user_id
         async with self.db.write() as tx:
-            # Lock the user first: two concurrent rents by one user must not both pass the limit.
+            # Lock the user first: two concurrent rents by one user must not both pass the limit (and a
+            # retry waits here until its first attempt has committed or rolled back).
             if await tx.fetchrow(q.lock_user, user_id) is None:
                 raise NotFound(f"no user {user_id}")
-            open_rentals = (await tx.fetch(q.count_open_rentals, user_id))[0][0]
-            if open_rentals >= self.config.max_open_rentals:
-                raise Conflict(f"you already have {open_rentals} open rentals (the limit)")
-            taken = await tx.fetchrow(q.take_copy, book_id)
-            if taken is None:
-                if await tx.fetchrow(q.book_exists, book_id) is None:
-                    raise NotFound(f"no book {book_id}")
-                raise Conflict(f"no copy of book {book_id} is available")
-            title, daily_price_cents, author_names = taken
-            row = await tx.fetchrow(
-                q.insert_rental, user_id, book_id, self.today(), daily_price_cents, title, author_names
-            )
+            done = await tx.fetchrow(q.rental_by_rent_key, user_id, key) if key is not None else None
+            if done is None:
+                open_rentals = (await tx.fetch(q.count_open_rentals, user_id))[0][0]
+                if open_rentals >= self.config.max_open_rentals:
+                    raise Conflict(f"you already have {open_rentals} open rentals (the limit)")
+                taken = await tx.fetchrow(q.take_copy, book_id)
+                if taken is None:
+                    if await tx.fetchrow(q.book_exists, book_id) is None:
+                        raise NotFound(f"no book {book_id}")
+                    raise Conflict(f"no copy of book {book_id} is available")
+                title, daily_price_cents, author_names = taken
+                row = await tx.fetchrow(
+                    q.insert_rental, user_id, book_id, self.today(), daily_price_cents, title, author_names, key
+                )
+            elif done[1] != book_id:
+                raise Conflict(f"idempotency key {key!r} was used for a rental of another book")
+            else:
+                row = done
         assert row is not None  # INSERT ... RETURNING always returns the row
+        # Also for a retry: its first attempt may have died before invalidating caches and marks.
         await self._after_write(user_id, book_id, returned=False)
         return rental_from_row(row)
 
-    async def return_rental(self, caller: Caller, *, rental_id: int) -> dict[str, Any]:
+    async def return_rental(self, caller: Caller, *, rental_id: int, key: str | None = None) -> dict[str, Any]:
+        """Return a rental. With an idempotency `key`, repeating a return made with that key answers
+        with the returned rental (200) instead of "already returned" (409)."""
         q = self.queries
         user_id = caller.user_id
         async with self.db.write() as tx:
-            row = await tx.fetchrow(q.return_rental, self.today(), rental_id, user_id)
+            row = await tx.fetchrow(q.return_rental, self.today(), key, rental_id, user_id)
             if row is None:
                 owner = await tx.fetchrow(q.rental_owner, rental_id)
                 if owner is None or owner[0] != user_id:
                     raise NotFound(f"you have no rental {rental_id}")
-                raise Conflict(f"rental {rental_id} was already returned on {owner[1].isoformat()}")
-            await tx.execute(q.put_back_copy, row[1])
+                if key is None or owner[2] != key:
+                    raise Conflict(f"rental {rental_id} was already returned on {owner[1].isoformat()}")
+                row = await tx.fetchrow(q.rental_by_id, rental_id)  # this very return, retried
+                assert row is not None
+            else:
+                await tx.execute(q.put_back_copy, row[1])
         await self._after_write(user_id, row[1], returned=True)
         return rental_from_row(row)
 

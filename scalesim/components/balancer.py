@@ -2,7 +2,9 @@
 
 A dead app server is taken out of rotation by the health check (``/healthz`` every second) and,
 until then, a request that fails to reach it is retried on another upstream for up to
-``try_duration``: with these settings killing an upstream loses no request. Caddy's admin API and
+``try_duration``. A request the dead server had already received is retried too when that is safe:
+a read, or a write carrying an ``Idempotency-Key`` (the app answers a repeated key with what the
+first attempt did). With these settings killing an upstream loses no request. Caddy's admin API and
 automatic HTTPS are off, and its state folders point into the run folder so nothing is written to
 the user's home.
 """
@@ -24,6 +26,13 @@ class BalancerSettings:
     health_interval: str = "1s"
     try_duration: str = "2s"
     try_interval: str = "50ms"
+    # A request whose upstream died after it was sent is retried on another only when that is safe:
+    # reads, and writes that carry an Idempotency-Key (the app answers a repeat with the first result).
+    retry_methods: tuple[str, ...] = ("GET", "HEAD")
+    retry_header: str = "Idempotency-Key"
+    # A retried write must be sent again whole: Caddy keeps request bodies up to this size (the
+    # app's own limit) so that it can.
+    request_buffers: str = "16KiB"
     keepalive_idle_conns: int = 64
     start_timeout: float = 15.0
 
@@ -58,8 +67,15 @@ def caddyfile(*, port: int, upstreams: Sequence[str], settings: BalancerSettings
         lb_policy {settings.policy}
         lb_try_duration {settings.try_duration}
         lb_try_interval {settings.try_interval}
+        lb_retry_match {{
+            method {" ".join(settings.retry_methods)}
+        }}
+        lb_retry_match {{
+            header {settings.retry_header} *
+        }}
         health_uri {settings.health_uri}
         health_interval {settings.health_interval}
+        request_buffers {settings.request_buffers}
         transport http {{
             keepalive_idle_conns {settings.keepalive_idle_conns}
         }}

@@ -372,3 +372,22 @@ class PostgresCluster:
             with contextlib.suppress(OSError):
                 self._passfile.unlink(missing_ok=True)
             self._passfile = None
+
+
+def answers_query(url: str, *, timeout: float = 1.0) -> bool:
+    """Whether the server at `url` runs a query now (a server still in crash recovery does not)."""
+    import asyncio
+
+    import asyncpg
+
+    async def ask() -> bool:
+        conn = await asyncpg.connect(url, timeout=timeout)
+        try:
+            return bool(await conn.fetchval("SELECT 1", timeout=timeout) == 1)
+        finally:
+            await conn.close(timeout=timeout)
+
+    try:
+        return asyncio.run(ask())
+    except Exception:  # noqa: BLE001 -- refused, starting up, timed out: all mean "not yet"
+        return False

@@ -39,7 +39,7 @@ from scalesim.components.balancer import BalancerSettings, start_balancer
 from scalesim.components.binaries import Binaries, find_binaries, version_of
 from scalesim.components.credentials import redact, redact_url, write_private
 from scalesim.components.keyvalue import start_keyvalue
-from scalesim.components.postgres import PostgresCluster, PostgresSettings
+from scalesim.components.postgres import PostgresCluster, PostgresSettings, answers_query
 from scalesim.components.process import LOOPBACK, ManagedProcess, free_port, http_ok, port_accepts
 from scalesim.deploy.appconfig import app_config
 from scalesim.deploy.ledger import RunLedger
@@ -88,10 +88,14 @@ class Node:
         return node_cpu_seconds(pid=self.process.pid, group=self.cpu_group)
 
     def healthy(self) -> bool:
+        """Whether the node serves: its health check, a query for PostgreSQL (which accepts
+        connections while it still recovers from a crash), else its port."""
         if not self.process.alive():
             return False
         if self.health_url is not None:
             return http_ok(self.health_url)
+        if self.role in ("primary", "replica") and self.url:
+            return answers_query(self.url)
         return self.port is None or port_accepts(self.port)
 
     def to_dict(self) -> dict[str, Any]:
