@@ -32,6 +32,7 @@ from scalesim.components.credentials import redact, write_private
 from scalesim.components.postgres import PostgresCluster
 from scalesim.deploy.local import SECRETS_FILE, STATE_FILE
 from scalesim.loadgen.acks import AckLog
+from tests.sql import fetch
 
 SMALL = {"users": 40, "authors": 20, "books": 80, "rentals_per_user": 6, "seed": 11}
 AUDIT_KEYVALUE_DB = 6  # the reference app's tests use database 5
@@ -68,18 +69,6 @@ def audit_kv(keyvalue_url: str) -> str:
     finally:
         client.close()
     return url
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetch(sql, *args)
-    finally:
-        await connection.close()
-
-
-def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    return asyncio.run(_fetch(url, sql, *args))
 
 
 def execute(url: str, sql: str, *args: Any) -> None:

@@ -7,28 +7,16 @@ import subprocess
 import sys
 from typing import Any
 
-import asyncpg
 import pytest
 
 from reference_app.charges import total_charges
 from reference_app.passwords import verify_password
 from reference_app.seed import BASE_DATE, generate, seed_database
+from tests.sql import fetch
 
 from .conftest import REPO, SMALL_DATA, DatabaseServer, seed, unique_name
 
 TABLES = ("users", "authors", "books", "book_authors", "rentals", "user_charges")
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetch(sql, *args)
-    finally:
-        await connection.close()
-
-
-def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    return asyncio.run(_fetch(url, sql, *args))
 
 
 def digests(url: str) -> dict[str, str]:
