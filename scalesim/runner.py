@@ -270,7 +270,7 @@ class Run:
                 "data": vars(scenario.data),
                 "workload": scenario.workload.to_dict(),
             },
-            "profile": {"name": "quick" if self.quick else "full", **profile.to_dict()},
+            "profile": {"name": "faults" if self.faults else "quick" if self.quick else "full", **profile.to_dict()},
             "machine": facts,
             "deployment": {"target": self.target, "locust_workers": self.locust_workers,
                            "timings": {k: round(v, 3) for k, v in (self.deployment.timings if self.deployment

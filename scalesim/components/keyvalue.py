@@ -3,8 +3,10 @@
 It holds sessions and write marks (stage1+) and the workers' job queue (stage3+): data that must not
 be dropped, so it refuses writes when full (``noeviction``). From stage3 a second server of the same
 kind, ``cache``, holds the query and object caches, which are recomputed when missing: it evicts the
-least recently used keys when full (``allkeys-lru``). Persistence is off: a run's key-value data
-lives and dies with the run.
+least recently used keys when full (``allkeys-lru``). The session store keeps an append-only file,
+written (not fsynced) before each answer, so a crash and restart of its process loses nothing it
+acknowledged -- no user is logged out, no queued job dropped; the cache keeps nothing on disk, as a
+cache need not. Either way a run's key-value data lives and dies with the run.
 
 Each server listens on 127.0.0.1 only, in protected mode, and asks every client for a random
 password of its own (``requirepass``). Its settings, password included, come from a configuration
@@ -64,8 +66,11 @@ def _quoted(value: str) -> str:
 
 
 def config_text(*, port: int, password: str, data_dir: Path, maxmemory: str,
-                eviction_policy: str = "noeviction") -> str:
-    """The server's whole configuration: loopback only, a password, memory only."""
+                eviction_policy: str = "noeviction", persistent: bool = False) -> str:
+    """The server's whole configuration: loopback only, a password; memory only, or `persistent`:
+    an append-only file the server writes (not fsyncs) before it answers, so that what it
+    acknowledged survives a crash and restart of the process (not of the machine)."""
+    durability = ["appendonly yes", "appendfsync no"] if persistent else ["appendonly no"]
     return "\n".join([
         "# Written by scalesim for one run; mode 0600, as it holds the password.",
         f"bind {LOOPBACK}",
@@ -73,7 +78,7 @@ def config_text(*, port: int, password: str, data_dir: Path, maxmemory: str,
         f"port {port}",
         f"requirepass {password}",
         'save ""',
-        "appendonly no",
+        *durability,
         f"dir {_quoted(str(data_dir))}",
         f"maxmemory {maxmemory}",
         f"maxmemory-policy {eviction_policy}",
@@ -100,9 +105,10 @@ class KeyValueServer:
 
 
 def start_keyvalue(*, binary: Path, run_dir: Path, port: int, name: str = "keyvalue", password: str | None = None,
-                   maxmemory: str = "256mb", eviction_policy: str = "noeviction", start_timeout: float = 15.0,
-                   cpu_group: CpuGroup | None = None) -> KeyValueServer:
-    """Start a key-value server on `port`; its password is `password`, or a new random one."""
+                   maxmemory: str = "256mb", eviction_policy: str = "noeviction", persistent: bool = False,
+                   start_timeout: float = 15.0, cpu_group: CpuGroup | None = None) -> KeyValueServer:
+    """Start a key-value server on `port`; its password is `password`, or a new random one. A
+    `persistent` server keeps its data across a restart of its process (see `config_text`)."""
     if eviction_policy not in EVICTION_POLICIES:
         raise ComponentError(f"{name}: eviction policy must be one of {', '.join(EVICTION_POLICIES)}, "
                              f"not {eviction_policy!r}")
@@ -114,7 +120,7 @@ def start_keyvalue(*, binary: Path, run_dir: Path, port: int, name: str = "keyva
         raise ComponentError(f"{name}: a key-value password must be non-empty, without spaces or quotes")
     config_path = write_private(data_dir / f"{name}.conf",
                                 config_text(port=port, password=password, data_dir=data_dir, maxmemory=maxmemory,
-                                            eviction_policy=eviction_policy))
+                                            eviction_policy=eviction_policy, persistent=persistent))
     log = (run_dir / "logs" / f"{name}.log").resolve()
     process = ManagedProcess(name=name, argv=[str(binary), str(config_path)], log_path=log, cpu_group=cpu_group)
     server = KeyValueServer(name=name, port=port, process=process, password=password, config_path=config_path)

@@ -200,7 +200,9 @@ class LocalDeployment:
         shares_caches = self.scenario.nodes.cache.count == 0 and (app.query_cache or app.object_cache)
         server = start_keyvalue(binary=self.binaries.keyvalue_server, run_dir=self.run_dir, port=free_port(),
                                 eviction_policy="allkeys-lru" if shares_caches else "noeviction",
-                                cpu_group=self._group("keyvalue", spec.cpu))
+                                # Sessions, marks and jobs outlive a crash of the server: a restart
+                                # must not log every user out or drop queued work.
+                                persistent=True, cpu_group=self._group("keyvalue", spec.cpu))
         self._add_node(name="keyvalue", role="keyvalue", port=server.port, cpu=spec.cpu, process=server.process,
                        url=server.url)
 

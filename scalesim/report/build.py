@@ -46,10 +46,13 @@ def run_report(results: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
                  f"{facts.get('cores')} cores, {facts.get('components')} components.",
     )
     peak = max(results["steps"], key=lambda step: step["total"]["rps"])
+    faults = (results.get("faults") or {}).get("assessment") or []
     report.headline([
         (f"Max throughput with p95 ≤ {summary['objective_p95_ms']:.0f} ms",
          f"{summary['max_rps_within_objective']:.0f} req/s",
-         f"at {summary['users_at_max']} users" if summary.get("users_at_max") else "no step met the objective"),
+         f"at {summary['users_at_max']} users" if summary.get("users_at_max") else "no step met the objective")
+        if not faults else
+        ("Faults injected", f"{len(faults)}", f"{sum(1 for f in faults if f.get('recovered'))} recovered; see Faults"),
         ("Bottleneck", summary.get("bottleneck_at_max") or "-", "highest utilization of its CPU budget"),
         ("Peak measured", f"{peak['total']['rps']:.0f} req/s", f"p95 {_fmt(peak['total'].get('p95_ms'))} ms"),
         ("Errors", f"{sum(s['total'].get('failures', 0) for s in results['steps'])}",

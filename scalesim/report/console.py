@@ -99,10 +99,11 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"{name:<34} {entry.get('rps', 0.0):>8.1f} {_ms(entry.get('p50_ms'))} "
                      f"{_ms(entry.get('p95_ms'))} {_ms(entry.get('p99_ms'))} {rate:>6.2f}%")
     summary = results["summary"]
-    lines.append(f"\nbest throughput with p95 <= {summary['objective_p95_ms']:.0f} ms: "
-                 f"{summary['max_rps_within_objective']:.1f} req/s"
-                 + (f" at {summary['users_at_max']} users" if summary.get("users_at_max") else "")
-                 + (f"; bottleneck {summary['bottleneck_at_max']}" if summary.get("bottleneck_at_max") else ""))
+    if not results.get("faults"):  # a fault run's capacity is not the stage's: its failures are by design
+        lines.append(f"\nbest throughput with p95 <= {summary['objective_p95_ms']:.0f} ms: "
+                     f"{summary['max_rps_within_objective']:.1f} req/s"
+                     + (f" at {summary['users_at_max']} users" if summary.get("users_at_max") else "")
+                     + (f"; bottleneck {summary['bottleneck_at_max']}" if summary.get("bottleneck_at_max") else ""))
     audit = results.get("audit")
     if audit is not None:
         from scalesim.audit import audit_lines

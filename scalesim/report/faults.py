@@ -66,8 +66,8 @@ def add_fault_section(report: Report, results: dict[str, Any], run_dir: Path) ->
     steps = results.get("steps") or [{}]
     report.text(f"One constant load of {steps[0].get('users')} users; times count from the start of the load. "
                 "A fault ends when its node answers again (restart, resume) or its delay is removed; it is "
-                "recovered once throughput (3 s average) is back to 90% of the 10 s before the fault, with no "
-                "failed request, for 3 s.")
+                "recovered once throughput (3 s average) is back to 90% of the 10 s before the fault (less when those "
+                "seconds themselves varied more), with no failed request, for 3 s.")
     report.image(fault_timeline(results, run_dir / "faults.png"), alt="throughput, latency and failures over time")
     report.table(
         ["fault", "began s", "node back s", "failed requests", "degraded s", "time to recover s", "baseline req/s",
