@@ -206,7 +206,7 @@ class Database:
         A connection whose statement failed or timed out is closed at once rather than reset and
         reused: resetting it would wait on a server that may not answer (a frozen host)."""
         pool = self._pools[index]
-        connection = await asyncio.wait_for(pool.acquire(), self._replica_timeout)
+        connection = await pool.acquire(timeout=self._replica_timeout)
         try:
             if many:
                 return await connection.fetch(sql, *args, timeout=self._replica_timeout)

@@ -1,4 +1,4 @@
-"""Reading a test database straight with asyncpg, from synchronous test code."""
+"""Reading a test database straight with asyncpg, on a connection of its own per statement."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 
 
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch_rows(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one statement (from async test code)."""
     connection = await asyncpg.connect(url)
     try:
         return await connection.fetch(sql, *args)
@@ -16,6 +17,15 @@ async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await connection.close()
 
 
+async def fetch_value(url: str, sql: str, *args: Any) -> Any:
+    """The first column of the first row of one statement (from async test code)."""
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(sql, *args)
+    finally:
+        await connection.close()
+
+
 def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """The rows of one statement, on a connection of its own."""
-    return asyncio.run(_fetch(url, sql, *args))
+    """The rows of one statement (from synchronous test code)."""
+    return asyncio.run(fetch_rows(url, sql, *args))

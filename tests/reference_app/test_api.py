@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from reference_app.charges import total_charges
 from reference_app.seed import CATEGORIES
+from tests.sql import fetch_rows as db_fetch
 
 from .conftest import SMALL_DATA, api, login, make_config
 
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.anyio
 async def client(seeded_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with api(make_config(seeded_url, server_name="app-7", pool_size=3)) as client:
         yield client
-
-
-async def db_fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetch(sql, *args)
-    finally:
-        await connection.close()
 
 
 def assert_error(response: httpx.Response, status: int, fragment: str = "") -> None:

@@ -8,11 +8,11 @@ delivery safe. These tests deliver the same write twice and check that it took e
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
+
+from tests.sql import fetch_value as scalar
 
 from .conftest import api, login, make_config
 
@@ -23,14 +23,6 @@ pytestmark = pytest.mark.anyio
 async def client(fresh_seeded_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with api(make_config(fresh_seeded_url, pool_size=2)) as client:
         yield client
-
-
-async def scalar(url: str, sql: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetchval(sql, *args)
-    finally:
-        await connection.close()
 
 
 async def test_a_repeated_rent_rents_once(client: httpx.AsyncClient, fresh_seeded_url: str) -> None:

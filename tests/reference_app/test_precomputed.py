@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from reference_app.charges import rental_charge
 from reference_app.config import AppConfig
 from reference_app.queries import build_queries
+from tests.sql import fetch_rows as fetch
 
 from .conftest import REPO, api, login, make_config
 from .test_cache import drain_jobs
@@ -36,14 +36,6 @@ def stage5(database_url: str, keyvalue_url: str, **changes: Any) -> AppConfig:
         "pool_size": 2,
     }
     return make_config(database_url, **{**flags, **changes})
-
-
-async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetch(sql, *args)
-    finally:
-        await connection.close()
 
 
 async def charges_both_ways(url: str, kv: str, users: range) -> tuple[list[Any], list[Any]]:

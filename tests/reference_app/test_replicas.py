@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from reference_app.config import AppConfig
+from tests.sql import fetch_value as scalar
 
 from .conftest import DatabaseServer, api, login, make_config, seed, unique_name
 
@@ -25,14 +26,6 @@ pytestmark = [
     pytest.mark.anyio,
     pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning"),
 ]
-
-
-async def scalar(url: str, sql: str) -> Any:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetchval(sql)
-    finally:
-        await connection.close()
 
 
 async def wait_replayed(primary: str, replicas: list[str], timeout: float = 15) -> None:

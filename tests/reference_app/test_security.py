@@ -29,6 +29,7 @@ import redis.asyncio as redis
 
 from reference_app.config import AppConfig
 from scalesim.measure.counters import app_stats
+from tests.sql import fetch_value as db_value
 
 from .conftest import AppClient, Server, api, login, make_config, start_server
 
@@ -56,14 +57,6 @@ def stage_config(stage: str, database_url: str, keyvalue_url: str, **changes: An
 async def client(request: pytest.FixtureRequest, seeded_url: str, clean_kv: str) -> AsyncIterator[AppClient]:
     async with api(stage_config(request.param, seeded_url, clean_kv)) as client:
         yield client
-
-
-async def db_value(url: str, sql: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(url)
-    try:
-        return await connection.fetchval(sql, *args)
-    finally:
-        await connection.close()
 
 
 def assert_error(response: httpx.Response, status: int) -> str:
